@@ -1,0 +1,29 @@
+# The two commands of the README are `make demo` and `make test`; the rest are steps of theirs.
+PYTHON := .venv/bin/python
+.DEFAULT_GOAL := help
+
+.PHONY: help setup demo test test-fast serve stop clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup:  ## create .venv with the pinned packages (fast when nothing changed)
+	@bash scripts/setup.sh
+
+demo: setup  ## demo data → train → export → .mar → TorchServe → two predictions (server keeps running)
+	$(PYTHON) -m scripts.demo
+
+test: setup  ## the whole test suite, end-to-end tests included
+	$(PYTHON) -m pytest
+
+test-fast: setup  ## the suite without the slow (minutes-long) tests
+	$(PYTHON) -m pytest -m "not slow"
+
+serve: setup  ## serve model_store/deepfake.mar in the foreground (Ctrl-C stops it)
+	$(PYTHON) -m scripts.serve start --foreground
+
+stop:  ## stop the TorchServe that make demo / make serve started
+	@if [ -x $(PYTHON) ]; then $(PYTHON) -m scripts.serve stop; else echo "nothing to stop"; fi
+
+clean: stop  ## remove build outputs (keeps .venv)
+	rm -rf build model_store/*.mar .pytest_cache

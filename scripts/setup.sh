@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Creates .venv with the pinned packages of requirements.txt.
+# Re-running is fast: the install is skipped while requirements.txt is unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3.11}"
+VENV=.venv
+STAMP="$VENV/.requirements.sha256"
+
+fail() { echo "setup: $*" >&2; exit 1; }
+
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null ||
+  fail "Python 3.11 is required (found: $("$PYTHON" --version 2>&1 || echo none)). Install python3.11 or set PYTHON=/path/to/python3.11."
+
+# TorchServe's frontend is a Java program: stop here, with the fix, rather than at 'make demo' step 5.
+if ! command -v java >/dev/null 2>&1; then
+  fail "Java 17+ is required by TorchServe and was not found on PATH.
+  Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless
+  Fedora/RHEL:   sudo dnf install -y java-17-openjdk-headless
+  macOS:         brew install openjdk@17"
+fi
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)
+[ -n "$java_major" ] && [ "$java_major" -ge 17 ] ||
+  fail "Java 17+ is required by TorchServe; found: $(java -version 2>&1 | head -n1). Install openjdk-17-jre-headless."
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+
+wanted=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$wanted" ]; then
+  echo "setup: .venv is up to date"
+  exit 0
+fi
+
+echo "setup: installing pinned packages into $VENV (first run downloads ~5.5 GB of torch + CUDA wheels)"
+# Some machines' pip configs name local mirrors that do not exist; their warnings are noise here.
+if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 |
+  { grep -v "is ignored: it is neither a file nor a directory" || true; }; then
+  fail "pip install failed (see the messages above)"
+fi
+"$VENV/bin/python" -c 'import torch, torchvision, timm, cv2, ts, model_archiver' ||
+  fail "packages installed but do not import; delete .venv and run again"
+echo "$wanted" > "$STAMP"
+echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
