@@ -1,0 +1,170 @@
+"""The model input: image bytes → RGB → resize → RGB + Laplacian channel → normalised [4, H, W] tensor.
+
+This is the single preprocessing path of the project. The training dataset and the TorchServe
+handler both call :func:`model_input_from_bytes`, so a model is always served with exactly the
+tensor it was trained on. It needs only numpy, OpenCV, Pillow and torch, because it runs inside
+the .mar.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# ImageNet statistics for RGB (what timm backbones were pretrained with). The Laplacian channel is
+# |∇²gray| of a [0, 1] image: near 0 on smooth skin, up to ~1 on sharp edges and sensor noise.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LAPLACIAN_MEAN = 0.05
+LAPLACIAN_STD = 0.08
+
+
+# File signatures: bytes that start like a known format but fail to decode are "corrupt", not "not an image".
+MAGIC_NUMBERS = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format a file's first bytes announce (WebP: RIFF....WEBP), or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in MAGIC_NUMBERS.items() if data.startswith(magic)), None)
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this service can read; the message says why, for the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How bytes become a model input. Exported in metadata.json so serving reads it from the model.
+
+    Attributes:
+        input_size: (height, width) the model expects.
+        mean: per-channel mean for R, G, B, Laplacian.
+        std: per-channel standard deviation for R, G, B, Laplacian.
+        max_image_pixels: images with more pixels are refused before decoding (decompression bombs).
+
+    """
+
+    input_size: tuple[int, int] = (128, 128)
+    mean: tuple[float, float, float, float] = (*IMAGENET_MEAN, LAPLACIAN_MEAN)
+    std: tuple[float, float, float, float] = (*IMAGENET_STD, LAPLACIAN_STD)
+    max_image_pixels: int = 40_000_000
+    channels: tuple[str, ...] = field(default=("red", "green", "blue", "laplacian"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-friendly form, for metadata.json."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error so a typo cannot pass silently."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys {sorted(unknown)}; known: {sorted(known)}")
+        converted = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+        return cls(**converted)
+
+
+def decode_rgb(data: bytes, max_image_pixels: int = PreprocessConfig.max_image_pixels) -> np.ndarray:
+    """Decodes any image Pillow reads into an upright uint8 RGB array of shape [H, W, 3].
+
+    Pillow rather than OpenCV: it honours EXIF orientation, reads the first frame of GIFs, and
+    reports the pixel count from the header so oversized images are refused before decoding.
+
+    Raises:
+        ImageDecodeError: empty, unreadable, truncated or oversized input.
+
+    """
+    if not data:
+        raise ImageDecodeError("empty_input", "the request body is empty; send the image file's bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_image_pixels:
+                raise ImageDecodeError(
+                    "image_too_large",
+                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_image_pixels}",
+                )
+            with warnings.catch_warnings():
+                # Pillow's own bomb warning is superseded by the explicit limit above.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image.load()
+            upright = ImageOps.exif_transpose(image)
+            rgb = upright.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as error:
+        announced = sniff_format(data)
+        if announced:
+            raise ImageDecodeError(
+                "corrupt_image", f"the data starts like a {announced} file but its content cannot be decoded"
+            ) from error
+        raise ImageDecodeError(
+            "not_an_image", "the data is not an image in a known format (JPEG, PNG, WebP, BMP, TIFF, GIF)"
+        ) from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageDecodeError("corrupt_image", f"the image could not be decoded: {error}") from error
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def resize_rgb(rgb: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Resizes to the model's (height, width).
+
+    INTER_AREA when shrinking keeps the high-frequency statistics the Laplacian channel measures
+    without aliasing; bilinear when enlarging.
+    """
+    height, width = input_size
+    if rgb.shape[:2] == (height, width):
+        return np.ascontiguousarray(rgb)
+    shrinking = rgb.shape[0] * rgb.shape[1] > height * width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (width, height), interpolation=interpolation)
+
+
+def laplacian_channel(rgb: np.ndarray) -> np.ndarray:
+    """Edge-inconsistency map: |Laplacian| of the grey image, float32 in [0, ~4], shape [H, W].
+
+    Blending seams, resampled regions and denoised pastes change the local high-frequency energy;
+    this channel makes that energy explicit so the CNN does not have to learn it from RGB alone.
+    """
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    return np.abs(cv2.Laplacian(grey, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT_101))
+
+
+def model_input_from_rgb(rgb: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
+    """Builds the normalised float32 tensor [4, H, W] from an RGB uint8 array of any size."""
+    resized = resize_rgb(rgb, config.input_size)
+    channels = np.empty((4, *config.input_size), dtype=np.float32)
+    channels[:3] = resized.transpose(2, 0, 1).astype(np.float32) / 255.0
+    channels[3] = laplacian_channel(resized)
+    mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(config.std, dtype=np.float32)[:, None, None]
+    channels -= mean
+    channels /= std
+    return torch.from_numpy(channels)
+
+
+def model_input_from_bytes(data: bytes, config: PreprocessConfig) -> torch.Tensor:
+    """Image file bytes → model input tensor [4, H, W]. The one function training and serving share."""
+    return model_input_from_rgb(decode_rgb(data, config.max_image_pixels), config)

@@ -1,0 +1,81 @@
+"""The contract between an exported model and the code that serves it: metadata.json.
+
+Training writes it next to the TorchScript file; the handler reads input size, normalisation,
+class order and threshold from it, so none of those is duplicated as a constant in serving code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from handler.forensics import PreprocessConfig
+
+METADATA_FILENAME = "metadata.json"
+MODEL_FILENAME = "model.torchscript.pt"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a served model needs to know about itself.
+
+    Attributes:
+        architecture: timm model name the weights belong to.
+        class_names: output index → label; the handler looks up "fake" by name, never by position.
+        threshold: probability of fake at or above which the label is "fake".
+        preprocessing: how to build the input tensor (see handler.forensics).
+        training: metrics and facts of the run that produced the weights (informational).
+
+    """
+
+    architecture: str
+    class_names: tuple[str, ...] = ("real", "fake")
+    threshold: float = 0.5
+    preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
+    training: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def fake_index(self) -> int:
+        """Index of the "fake" logit."""
+        return self.class_names.index("fake")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "schema_version": self.schema_version,
+            "architecture": self.architecture,
+            "class_names": list(self.class_names),
+            "threshold": self.threshold,
+            "preprocessing": self.preprocessing.to_dict(),
+            "training": self.training,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelMetadata:
+        """Parses metadata.json's content, refusing files written by an incompatible schema."""
+        version = values.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"metadata schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+        class_names = tuple(values["class_names"])
+        if sorted(class_names) != ["fake", "real"]:
+            raise ValueError(f"class_names must be 'real' and 'fake', got {list(class_names)}")
+        return cls(
+            architecture=values["architecture"],
+            class_names=class_names,
+            threshold=float(values["threshold"]),
+            preprocessing=PreprocessConfig.from_dict(values["preprocessing"]),
+            training=dict(values.get("training", {})),
+        )
+
+    def save(self, path: Path) -> None:
+        """Writes the JSON file."""
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> ModelMetadata:
+        """Reads the JSON file."""
+        return cls.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,60 @@
+"""Turns a probability of fake into the JSON a client reads, and a bad item into its error JSON.
+
+Pure functions, so the response schema is tested without a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from handler.forensics import ImageDecodeError
+
+# HTTP status per error code: 413 and 415 tell a client what to change; the rest are plain 400s.
+ERROR_STATUS = {
+    "image_too_large": 413,
+    "not_an_image": 415,
+}
+DEFAULT_ERROR_STATUS = 400
+STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type"}
+
+
+@dataclass(frozen=True)
+class VerdictPolicy:
+    """How a probability becomes a label.
+
+    Attributes:
+        threshold: probability of fake at or above which the label is "fake".
+        borderline_band: confidences in [low, high) are flagged for a human to look at.
+
+    """
+
+    threshold: float = 0.5
+    borderline_band: tuple[float, float] = (0.5, 0.7)
+
+
+def verdict(probability_fake: float, policy: VerdictPolicy, calibrated: bool) -> dict[str, Any]:
+    """The prediction fields of one item.
+
+    Confidence is the probability of the chosen label, so it is ≥ 0.5 only at the default
+    threshold; with another threshold a "fake" can carry a confidence below 0.5, which is what
+    the borderline flag is for.
+    """
+    is_fake = probability_fake >= policy.threshold
+    confidence = probability_fake if is_fake else 1.0 - probability_fake
+    low, high = policy.borderline_band
+    return {
+        "label": "fake" if is_fake else "real",
+        "probability_fake": round(probability_fake, 6),
+        "confidence": round(confidence, 6),
+        "probabilities": {"real": round(1.0 - probability_fake, 6), "fake": round(probability_fake, 6)},
+        "threshold": policy.threshold,
+        "calibrated": calibrated,
+        "borderline": bool(low <= confidence < high),
+    }
+
+
+def error_item(error: ImageDecodeError) -> tuple[int, dict[str, Any]]:
+    """HTTP status and JSON body for an item that could not be scored."""
+    status = ERROR_STATUS.get(error.code, DEFAULT_ERROR_STATUS)
+    return status, {"error": {"code": error.code, "message": str(error), "status": status}}
