@@ -1,0 +1,1 @@
+"""Command-line tools around the model: demo, packaging, serving, clients."""
