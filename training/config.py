@@ -34,6 +34,7 @@ class TrainConfig:
         horizontal_flip: mirror training images at random.
         num_workers: DataLoader worker processes (0 decodes in the training process).
         device: "auto" (CUDA, then MPS, then CPU), or an explicit torch device string.
+        channels_last: train in NHWC memory layout (faster convolutions on CPU and GPU).
         export_tolerance: largest |TorchScript - eager| logit difference accepted at export.
 
     """
@@ -53,6 +54,7 @@ class TrainConfig:
     horizontal_flip: bool = True
     num_workers: int = 0
     device: str = "auto"
+    channels_last: bool = True
     export_tolerance: float = 1e-4
 
     def to_dict(self) -> dict[str, Any]:

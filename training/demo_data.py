@@ -11,7 +11,7 @@ JPEG step, so compression alone tells them apart no better than chance.
 This is a demo set for proving the pipeline learns, not a benchmark: real deepfakes are harder.
 
 Usage:
-    python -m training.demo_data --out build/demo/data --count 300 --seed 0
+    python -m training.demo_data --out build/demo/data --count 400 --seed 0
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class DemoDataConfig:
 
     """
 
-    count: int = 300
+    count: int = 400
     image_size: int = 160
     seed: int = 0
     jpeg_quality: tuple[int, int] = (80, 95)

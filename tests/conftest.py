@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny generated dataset, a model trained and exported on it, its .mar, and a real TorchServe.
+
+Everything is built by the project's own commands into pytest's tmp folders; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts.package_model import PackageConfig, package_model
+from scripts.serve import Ports, ServeConfig, TorchServe
+from training.config import TrainConfig
+from training.demo_data import DemoDataConfig, write_demo_dataset
+from training.train import TrainResult, train
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_INPUT_SIZE = 64
+BATCH_MODEL = "deepfake_batch6"  # served with batchSize 6 and a long maxBatchDelay: 6 concurrent requests = 1 batch
+BATCH_MODEL_SIZE = 6
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 real + 12 fake demo images (128 px)."""
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    write_demo_dataset(root, DemoDataConfig(count=12, image_size=128, seed=7))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_training(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """A ResNet18 trained for one epoch at 64 px: enough to exercise every step, not to be accurate."""
+    config = TrainConfig(data_dir=tiny_dataset, output_dir=tmp_path_factory.mktemp("tiny_run"),
+                         input_size=TINY_INPUT_SIZE, epochs=1, batch_size=8, val_fraction=0.25, device="cpu")
+    return train(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_training: TrainResult) -> Path:
+    """The export folder (model.torchscript.pt + metadata.json)."""
+    return tiny_training.export.model_path.parent
+
+
+@pytest.fixture(scope="session")
+def model_store(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store with the .mar built from the tiny export, plus a batching variant of it."""
+    store = tmp_path_factory.mktemp("model_store")
+    package_model(PackageConfig(export_dir=tiny_export, model_store=store))
+    batch_config = store.parent / "batch6-model-config.yaml"
+    batch_config.write_text(
+        (REPO_ROOT / "config" / "model-config.yaml").read_text()
+        .replace("batchSize: 8", f"batchSize: {BATCH_MODEL_SIZE}")
+        .replace("maxBatchDelay: 10", "maxBatchDelay: 5000")
+    )
+    package_model(PackageConfig(export_dir=tiny_export, model_store=store, model_name=BATCH_MODEL,
+                                model_config=batch_config))
+    return store
+
+
+@pytest.fixture(scope="session")
+def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+    """A real TorchServe on free loopback ports, with its own run dir and TMPDIR, serving the built .mar files."""
+    config = ServeConfig(run_dir=tmp_path_factory.mktemp("serve"), model_store=model_store, ports=Ports.free(),
+                         models={"deepfake": "deepfake.mar", BATCH_MODEL: f"{BATCH_MODEL}.mar"})
+    server = TorchServe(config).start()
+    yield server
+    server.stop()

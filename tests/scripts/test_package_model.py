@@ -1,0 +1,24 @@
+import json
+import zipfile
+
+import pytest
+import yaml
+
+from scripts.package_model import PackageConfig, package_model
+
+
+def test_mar_holds_model_metadata_config_and_the_handler_package(model_store):
+    with zipfile.ZipFile(model_store / "deepfake.mar") as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        model_config = yaml.safe_load(archive.read("model-config.yaml"))
+    assert {"model.torchscript.pt", "metadata.json", "deepfake_handler.py", "model-config.yaml",
+            "handler/__init__.py", "handler/forensics.py", "handler/deepfake_handler.py"} <= names
+    assert not [name for name in names if "__pycache__" in name or name.startswith("training/")]
+    assert manifest["model"]["modelName"] == "deepfake" and manifest["model"]["modelVersion"] == "1.0"
+    assert model_config["handler"]["max_image_pixels"] > 0
+
+
+def test_missing_export_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train and export first"):
+        package_model(PackageConfig(export_dir=tmp_path, model_store=tmp_path / "store"))

@@ -1,0 +1,119 @@
+"""End to end: a real TorchServe started by scripts/serve.py serves the built .mar over HTTP."""
+
+import base64
+import threading
+
+import psutil
+import pytest
+import requests
+import torch
+
+from handler.forensics import model_input_from_bytes
+from handler.metadata import ModelMetadata
+from handler.torchscript import load_torchscript
+from scripts.serve import Ports, ServeConfig, ServeError, TorchServe, model_workers, read_properties
+from tests.conftest import BATCH_MODEL, BATCH_MODEL_SIZE
+
+pytestmark = pytest.mark.e2e
+
+
+def predict(server: TorchServe, data: bytes, model: str = "deepfake", **kwargs) -> requests.Response:
+    return requests.post(f"{server.config.inference_url}/predictions/{model}", data=data, timeout=60, **kwargs)
+
+
+def worker_identities(server: TorchServe, model: str) -> list[tuple]:
+    return sorted((w["id"], w["pid"], w["startTime"]) for w in model_workers(server.config, model))
+
+
+def test_ready_means_every_worker_ready_and_isolated_run_dir(torchserve):
+    workers = model_workers(torchserve.config, "deepfake")
+    assert workers and all(w["status"] == "READY" for w in workers)
+    run_dir = torchserve.config.run_dir
+    assert (run_dir / "logs" / "model_log.log").is_file()  # logs went to the run dir, not the cwd
+    assert any((run_dir / "tmp").iterdir())  # TMPDIR was the per-run folder
+
+
+def test_real_and_fake_files_get_verdicts_equal_to_in_process_scores(torchserve, tiny_dataset, tiny_export):
+    metadata = ModelMetadata.load(tiny_export / "metadata.json")
+    model = load_torchscript(tiny_export / "model.torchscript.pt", torch.device("cpu"))
+    for path in [tiny_dataset / "real" / "real_00001.jpg", tiny_dataset / "fake" / "fake_00001.jpg"]:
+        response = predict(torchserve, path.read_bytes())
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) >= {"label", "probability_fake", "confidence", "model", "threshold", "calibrated"}
+        assert body["model"]["name"] == "deepfake" and body["model"]["version"] == "1.0"
+        with torch.inference_mode():
+            logits = model(model_input_from_bytes(path.read_bytes(), metadata.preprocessing)[None])
+        expected = torch.softmax(logits, dim=1)[0, metadata.fake_index].item()
+        assert body["probability_fake"] == pytest.approx(expected, abs=1e-5)
+        assert body["label"] == ("fake" if expected >= metadata.threshold else "real")
+
+
+def test_multipart_and_json_base64_uploads(torchserve, tiny_dataset):
+    data = (tiny_dataset / "real" / "real_00002.jpg").read_bytes()
+    raw = predict(torchserve, data).json()["probability_fake"]
+    multipart = requests.post(f"{torchserve.config.inference_url}/predictions/deepfake",
+                              files={"data": ("face.jpg", data, "image/jpeg")}, timeout=60)
+    as_json = requests.post(f"{torchserve.config.inference_url}/predictions/deepfake",
+                            json={"data": base64.b64encode(data).decode()}, timeout=60)
+    assert multipart.status_code == as_json.status_code == 200
+    assert multipart.json()["probability_fake"] == as_json.json()["probability_fake"] == raw
+
+
+def test_bad_items_in_a_batch_get_their_own_errors_and_the_rest_succeed(torchserve, tiny_dataset):
+    good = [(tiny_dataset / "real" / f"real_{i:05d}.jpg").read_bytes() for i in range(3)]
+    truncated = good[0][: len(good[0]) // 3]
+    bodies = [good[0], b"not an image at all", good[1], truncated, good[2], b""]
+    assert len(bodies) == BATCH_MODEL_SIZE  # the batch fills and runs at once: all six share one forward pass
+    before = worker_identities(torchserve, BATCH_MODEL)
+    responses: list[requests.Response | None] = [None] * len(bodies)
+    barrier = threading.Barrier(len(bodies))
+
+    def send(index: int) -> None:
+        barrier.wait()
+        responses[index] = predict(torchserve, bodies[index], model=BATCH_MODEL)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200, 415, 200, 400, 200, 400], [r.text for r in responses]
+    assert [r.json()["error"]["code"] for r in responses if r.status_code != 200] == [
+        "not_an_image", "corrupt_image", "empty_input"]
+    assert {r.json()["timing_ms"]["batch_size"] for r in responses if r.status_code == 200} == {BATCH_MODEL_SIZE}
+    assert worker_identities(torchserve, BATCH_MODEL) == before  # no worker died or restarted
+
+
+def test_prometheus_metrics_endpoint_counts_requests(torchserve, tiny_dataset):
+    predict(torchserve, (tiny_dataset / "real" / "real_00003.jpg").read_bytes())
+    text = requests.get(f"{torchserve.config.metrics_url}/metrics", timeout=10).text
+    counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("ts_inference_requests_total{") and 'model_name="deepfake"' in line]
+    assert counts and sum(counts) >= 1
+
+
+def test_runtime_config_binds_loopback_with_the_chosen_ports(torchserve):
+    properties = read_properties(torchserve.config.run_dir / "config.properties")
+    ports = torchserve.config.ports
+    assert properties["inference_address"] == f"http://127.0.0.1:{ports.inference}"
+    assert properties["grpc_inference_port"] == str(ports.grpc_inference)
+    assert properties["metrics_mode"] == "prometheus"
+
+
+def test_stop_ends_every_process_and_a_taken_port_fails_fast(model_store, tmp_path):
+    config = ServeConfig(run_dir=tmp_path / "serve", model_store=model_store, ports=Ports.free())
+    server = TorchServe(config).start()
+    tree = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+    assert any("java" in p.name() for p in tree) and len(tree) >= 3  # CLI → Java → worker(s)
+    with pytest.raises(ServeError, match="already in use"):
+        TorchServe(ServeConfig(run_dir=tmp_path / "second", model_store=model_store, ports=config.ports)).start()
+    assert server.stop() == len(tree)
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not (config.run_dir / "server.json").exists()
+
+
+def test_missing_archive_is_reported_before_starting(tmp_path):
+    with pytest.raises(ServeError, match="does not exist"):
+        TorchServe(ServeConfig(run_dir=tmp_path, model_store=tmp_path, ports=Ports.free())).start()
