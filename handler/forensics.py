@@ -123,7 +123,9 @@ def decode_rgb(data: bytes, max_image_pixels: int = PreprocessConfig.max_image_p
         raise ImageDecodeError(
             "not_an_image", "the data is not an image in a known format (JPEG, PNG, WebP, BMP, TIFF, GIF)"
         ) from error
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except MemoryError as error:
+        raise ImageDecodeError("image_too_large", "the image needs more memory to decode than is available") from error
+    except Exception as error:  # noqa: BLE001 - any decoder failure on untrusted bytes is the input's fault
         raise ImageDecodeError("corrupt_image", f"the image could not be decoded: {error}") from error
     return np.asarray(rgb, dtype=np.uint8)
 

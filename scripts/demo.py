@@ -58,6 +58,10 @@ def write_samples(samples_dir: Path) -> list[Path]:
 def run_demo(workdir: Path, model_store: Path, run_dir: Path, ports: Ports, stop: bool) -> dict[str, dict]:
     """Runs every step; returns the JSON answer per sample label."""
     started = time.monotonic()
+    previous = TorchServe(ServeConfig(run_dir=run_dir))
+    if previous.is_running():  # the server an earlier demo left running: it serves the .mar about to be rebuilt
+        print(f"stopping the TorchServe an earlier demo left running (pid {previous.pid_of_running()})")
+        previous.stop()
     busy = [port for port in (ports.inference, ports.management, ports.metrics) if port_in_use(port)]
     if busy:  # fail now, not after minutes of training
         raise ServeError(f"port(s) {busy} already in use; a TorchServe may still be running: stop it with `make stop`")

@@ -246,10 +246,31 @@ class TorchServe:
             return int(json.loads(self.state_file.read_text())["pid"])
         return None
 
+    def _recorded_process(self) -> psutil.Process | None:
+        """The live TorchServe CLI process recorded for this run dir, or None.
+
+        A state file can outlive its server (reboot, kill -9): a pid that now belongs to another
+        program is ignored, so `stop` never signals a stranger's process group.
+        """
+        pid = self._recorded_pid()
+        if pid is None:
+            return None
+        try:
+            process = psutil.Process(pid)
+            alive = process.status() != psutil.STATUS_ZOMBIE
+            ours = any("torchserve" in part for part in process.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+        return process if alive and ours else None
+
+    def pid_of_running(self) -> int | None:
+        """Pid of the running server recorded for this run dir, if any."""
+        process = self._recorded_process()
+        return process.pid if process else None
+
     def is_running(self) -> bool:
         """True while the TorchServe process recorded in run_dir is alive."""
-        pid = self._recorded_pid()
-        return pid is not None and psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return self._recorded_process() is not None
 
     def stop(self, timeout: float = 30.0) -> int:
         """Signals the whole process group, waits for every process of the tree; returns how many ended.
@@ -258,14 +279,14 @@ class TorchServe:
             ServeError: some process survived SIGTERM and SIGKILL.
 
         """
-        pid = self._recorded_pid()
-        if pid is None or not psutil.pid_exists(pid):
+        root = self._recorded_process()
+        if root is None:
             self.state_file.unlink(missing_ok=True)
+            self.pid = None
             return 0
-        root = psutil.Process(pid)
         tree = [root, *root.children(recursive=True)]
         try:
-            os.killpg(os.getpgid(pid), signal.SIGTERM)
+            os.killpg(os.getpgid(root.pid), signal.SIGTERM)
         except ProcessLookupError:
             pass
         _, alive = psutil.wait_procs(tree, timeout=timeout)
@@ -303,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.action == "start":
         server = TorchServe(ServeConfig(run_dir=args.run_dir, model_store=args.model_store, properties=args.properties))
         if server.is_running():
-            sys.exit(f"TorchServe from {args.run_dir} is already running (pid {server._recorded_pid()}); "
+            sys.exit(f"TorchServe from {args.run_dir} is already running (pid {server.pid_of_running()}); "
                      f"stop it first: python -m scripts.serve stop")
         try:
             server.start()

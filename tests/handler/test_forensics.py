@@ -116,3 +116,27 @@ def test_preprocess_config_round_trips_through_json_form():
     assert PreprocessConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown preprocessing keys"):
         PreprocessConfig.from_dict({**config.to_dict(), "input_sise": [1, 1]})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")  # Pillow narrates the corrupt TIFFs
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"])
+def test_mutated_files_either_decode_or_raise_image_decode_error(fmt):
+    # Untrusted bytes: whatever the decoder trips over must surface as a per-item ImageDecodeError,
+    # never as another exception type that would fail the whole batch.
+    original = encode(Image.fromarray(gradient_rgb(48, 64)), fmt)
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(150):
+        data = bytearray(original)
+        for position in rng.integers(0, len(data), size=rng.integers(1, 12)):
+            data[position] = int(rng.integers(0, 256))
+        if rng.random() < 0.3:
+            data = data[: int(rng.integers(1, len(data)))]
+        try:
+            rgb = decode_rgb(bytes(data))
+        except ImageDecodeError as error:
+            outcomes.add(error.code)
+        else:
+            assert rgb.ndim == 3 and rgb.shape[2] == 3
+            outcomes.add("decoded")
+    assert outcomes - {"decoded"}  # the mutations did break some files

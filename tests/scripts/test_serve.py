@@ -1,6 +1,8 @@
 """End to end: a real TorchServe started by scripts/serve.py serves the built .mar over HTTP."""
 
 import base64
+import json
+import os
 import threading
 
 import psutil
@@ -117,3 +119,13 @@ def test_stop_ends_every_process_and_a_taken_port_fails_fast(model_store, tmp_pa
 def test_missing_archive_is_reported_before_starting(tmp_path):
     with pytest.raises(ServeError, match="does not exist"):
         TorchServe(ServeConfig(run_dir=tmp_path, model_store=tmp_path, ports=Ports.free())).start()
+
+
+def test_stale_state_file_never_signals_a_foreign_process(tmp_path):
+    # A server.json left behind by a crash, whose pid now belongs to another program (here: pytest itself).
+    (tmp_path / "server.json").write_text(json.dumps({"pid": os.getpid(), "ports": {}, "models": {}}))
+    server = TorchServe(ServeConfig(run_dir=tmp_path))
+    assert not server.is_running()
+    assert server.stop() == 0
+    assert psutil.pid_exists(os.getpid())
+    assert not (tmp_path / "server.json").exists()
