@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scripts.package_model import PackageConfig, package_model
 from scripts.serve import Ports, ServeConfig, TorchServe
@@ -50,11 +51,9 @@ def model_store(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     store = tmp_path_factory.mktemp("model_store")
     package_model(PackageConfig(export_dir=tiny_export, model_store=store))
     batch_config = store.parent / "batch6-model-config.yaml"
-    batch_config.write_text(
-        (REPO_ROOT / "config" / "model-config.yaml").read_text()
-        .replace("batchSize: 8", f"batchSize: {BATCH_MODEL_SIZE}")
-        .replace("maxBatchDelay: 10", "maxBatchDelay: 5000")
-    )
+    settings = yaml.safe_load((REPO_ROOT / "config" / "model-config.yaml").read_text())
+    settings.update(batchSize=BATCH_MODEL_SIZE, maxBatchDelay=5000)
+    batch_config.write_text(yaml.safe_dump(settings))
     package_model(PackageConfig(export_dir=tiny_export, model_store=store, model_name=BATCH_MODEL,
                                 model_config=batch_config))
     return store

@@ -66,7 +66,7 @@ class TrainConfig:
         return values
 
 
-FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+FIELD_NAMES = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -96,10 +96,10 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
     if path is not None:
         values.update(yaml.safe_load(Path(path).read_text()) or {})
     values.update({key: value for key, value in overrides.items() if value is not None})
-    unknown = set(values) - set(FIELD_TYPES)
+    unknown = set(values) - FIELD_NAMES
     if unknown:
         source = f" in {path}" if path else ""
-        raise ValueError(f"unknown training setting(s) {sorted(unknown)}{source}; known: {sorted(FIELD_TYPES)}")
+        raise ValueError(f"unknown training setting(s) {sorted(unknown)}{source}; known: {sorted(FIELD_NAMES)}")
     missing = [name for name in ("data_dir", "output_dir") if name not in values]
     if missing:
         raise ValueError(f"missing required setting(s) {missing}: pass --data-dir/--output-dir or set them in YAML")

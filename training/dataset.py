@@ -112,12 +112,10 @@ def stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> t
 class FaceImageDataset(Dataset):
     """Yields (tensor [4, H, W], label). Without augmentation the tensor is exactly what the handler builds."""
 
-    def __init__(self, samples: list[Sample], preprocess: PreprocessConfig, horizontal_flip: bool = False,
-                 seed: int = 0) -> None:
+    def __init__(self, samples: list[Sample], preprocess: PreprocessConfig, horizontal_flip: bool = False) -> None:
         self.samples = samples
         self.preprocess = preprocess
         self.horizontal_flip = horizontal_flip
-        self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -128,6 +126,7 @@ class FaceImageDataset(Dataset):
         if not self.horizontal_flip:
             return model_input_from_bytes(data, self.preprocess), sample.label
         rgb = decode_rgb(data, self.preprocess.max_image_pixels)
-        if self.rng.random() < 0.5:
+        # torch's RNG, not a private one: DataLoader seeds it per worker, so workers do not repeat each other.
+        if torch.rand(()) < 0.5:
             rgb = np.ascontiguousarray(rgb[:, ::-1])
         return model_input_from_rgb(rgb, self.preprocess), sample.label

@@ -120,7 +120,7 @@ def train(config: TrainConfig) -> TrainResult:
           f"(from {config.data_dir}); device: {device}")
 
     train_loader = DataLoader(
-        FaceImageDataset(train_samples, preprocess, config.horizontal_flip, config.seed),
+        FaceImageDataset(train_samples, preprocess, config.horizontal_flip),
         batch_size=config.batch_size, shuffle=True, generator=generator, num_workers=config.num_workers,
         drop_last=len(train_samples) > config.batch_size,
     )
