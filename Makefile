@@ -19,7 +19,7 @@ test: setup  ## the whole test suite, end-to-end tests included
 test-fast: setup  ## the suite without the slow (minutes-long) tests
 	$(PYTHON) -m pytest -m "not slow"
 
-serve: setup  ## serve model_store/deepfake.mar in the foreground (Ctrl-C stops it)
+serve: setup  ## serve model_store/deepfake.mar in the foreground (Ctrl-C or SIGTERM stops it)
 	$(PYTHON) -m scripts.serve start --foreground
 
 stop:  ## stop the TorchServe that make demo / make serve started

@@ -303,6 +303,28 @@ class TorchServe:
         return len(tree)
 
 
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def serve_until_signalled(server: TorchServe) -> None:
+    """Blocks until TorchServe exits or this process gets SIGINT/SIGTERM, then stops the whole tree.
+
+    Both handlers are installed explicitly: a process started in the background inherits SIGINT
+    as ignored, and supervisors (systemd, docker stop, kill) send SIGTERM, not Ctrl-C.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_keyboard_interrupt)
+    try:
+        while server.is_running():
+            time.sleep(1)  # waits on the process, not for readiness (which start() already checked)
+    except KeyboardInterrupt as interrupt:
+        print(f"{interrupt.args[0] if interrupt.args else 'SIGINT'}: stopping TorchServe", flush=True)
+    finally:
+        ended = server.stop()
+        print(f"stopped TorchServe ({ended} processes ended)", flush=True)
+
+
 def _config_from_state(run_dir: Path) -> ServeConfig:
     state_file = run_dir / STATE_FILENAME
     if not state_file.is_file():
@@ -318,11 +340,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     parser.add_argument("--model-store", type=Path, default=ServeConfig.model_store)
     parser.add_argument("--properties", type=Path, default=DEFAULT_PROPERTIES)
-    parser.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
+    parser.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C or SIGTERM stops the server")
+    parser.add_argument("--free-ports", action="store_true", help="listen on free ports instead of 8080-8082/7070-7071")
     args = parser.parse_args(argv)
 
     if args.action == "start":
-        server = TorchServe(ServeConfig(run_dir=args.run_dir, model_store=args.model_store, properties=args.properties))
+        ports = Ports.free() if args.free_ports else Ports()
+        server = TorchServe(ServeConfig(run_dir=args.run_dir, model_store=args.model_store, properties=args.properties,
+                                        ports=ports))
         if server.is_running():
             sys.exit(f"TorchServe from {args.run_dir} is already running (pid {server.pid_of_running()}); "
                      f"stop it first: python -m scripts.serve stop")
@@ -330,17 +355,11 @@ def main(argv: list[str] | None = None) -> None:
             server.start()
         except ServeError as error:
             sys.exit(f"serve: {error}")
-        print(f"TorchServe ready in {server.ready_seconds:.1f} s (pid {server.pid}): "
+        print(f"TorchServe ready in {server.ready_seconds:.1f} s (pid {server.pid}): "  # tests wait for this line
               f"inference {server.config.inference_url}, management {server.config.management_url}, "
-              f"metrics {server.config.metrics_url}/metrics; logs in {args.run_dir / 'logs'}")
+              f"metrics {server.config.metrics_url}/metrics; logs in {args.run_dir / 'logs'}", flush=True)
         if args.foreground:
-            try:
-                while server.is_running():
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
-            finally:
-                server.stop()
+            serve_until_signalled(server)
         return
 
     server = TorchServe(_config_from_state(args.run_dir))

@@ -3,7 +3,11 @@
 import base64
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import psutil
 import pytest
@@ -17,6 +21,7 @@ from scripts.serve import Ports, ServeConfig, ServeError, TorchServe, model_work
 from tests.conftest import BATCH_MODEL, BATCH_MODEL_SIZE
 
 pytestmark = pytest.mark.e2e
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def predict(server: TorchServe, data: bytes, model: str = "deepfake", **kwargs) -> requests.Response:
@@ -129,3 +134,30 @@ def test_stale_state_file_never_signals_a_foreign_process(tmp_path):
     assert server.stop() == 0
     assert psutil.pid_exists(os.getpid())
     assert not (tmp_path / "server.json").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_foreground_cli_stops_the_whole_tree_on_sigterm_and_ctrl_c(model_store, tmp_path, signum):
+    run_dir = tmp_path / "serve"
+    command = [sys.executable, "-m", "scripts.serve", "start", "--foreground", "--free-ports",
+               "--run-dir", str(run_dir), "--model-store", str(model_store)]
+    cli = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    tree: list[psutil.Process] = []
+    try:
+        first_line = cli.stdout.readline()  # printed once every worker is READY
+        assert first_line.startswith("TorchServe ready"), first_line + cli.stdout.read()
+        server_pid = json.loads((run_dir / "server.json").read_text())["pid"]
+        tree = [psutil.Process(server_pid), *psutil.Process(server_pid).children(recursive=True)]
+        cli.send_signal(signum)
+        output, _ = cli.communicate(timeout=60)
+        alive_after = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        for process in [cli, *tree]:  # a failing run must not leave a server behind for the next test
+            try:
+                process.kill()
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                pass
+    assert cli.returncode == 0, output
+    assert f"stopped TorchServe ({len(tree)} processes ended)" in output
+    assert alive_after == []
