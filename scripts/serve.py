@@ -307,20 +307,27 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def serve_until_signalled(server: TorchServe) -> None:
-    """Blocks until TorchServe exits or this process gets SIGINT/SIGTERM, then stops the whole tree.
+def stop_on_signals() -> None:
+    """Turns SIGINT and SIGTERM into KeyboardInterrupt, so a foreground server is stopped, not orphaned.
 
-    Both handlers are installed explicitly: a process started in the background inherits SIGINT
-    as ignored, and supervisors (systemd, docker stop, kill) send SIGTERM, not Ctrl-C.
+    Both are installed explicitly: a process started in the background inherits SIGINT as
+    ignored, and supervisors (systemd, docker stop, kill) send SIGTERM, not Ctrl-C. Install
+    before start(): a signal during start-up then also stops what was started.
     """
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise_keyboard_interrupt)
+
+
+def serve_until_signalled(server: TorchServe) -> None:
+    """Blocks until TorchServe exits or a stop signal arrives (see stop_on_signals), then stops the whole tree."""
     try:
         while server.is_running():
             time.sleep(1)  # waits on the process, not for readiness (which start() already checked)
     except KeyboardInterrupt as interrupt:
         print(f"{interrupt.args[0] if interrupt.args else 'SIGINT'}: stopping TorchServe", flush=True)
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # an impatient second Ctrl-C must not cut the stop short
+            signal.signal(signum, signal.SIG_IGN)
         ended = server.stop()
         print(f"stopped TorchServe ({ended} processes ended)", flush=True)
 
@@ -351,10 +358,14 @@ def main(argv: list[str] | None = None) -> None:
         if server.is_running():
             sys.exit(f"TorchServe from {args.run_dir} is already running (pid {server.pid_of_running()}); "
                      f"stop it first: python -m scripts.serve stop")
+        if args.foreground:
+            stop_on_signals()
         try:
             server.start()
         except ServeError as error:
             sys.exit(f"serve: {error}")
+        except KeyboardInterrupt:  # start() has already stopped whatever it had started
+            sys.exit("serve: interrupted during start-up; TorchServe stopped")
         print(f"TorchServe ready in {server.ready_seconds:.1f} s (pid {server.pid}): "  # tests wait for this line
               f"inference {server.config.inference_url}, management {server.config.management_url}, "
               f"metrics {server.config.metrics_url}/metrics; logs in {args.run_dir / 'logs'}", flush=True)
