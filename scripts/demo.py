@@ -17,7 +17,7 @@ from pathlib import Path
 
 from scripts.package_model import PackageConfig, package_model
 from scripts.predict import predict_file
-from scripts.serve import DEFAULT_RUN_DIR, Ports, ServeConfig, ServeError, TorchServe, port_in_use
+from scripts.serve import DEFAULT_RUN_DIR, Ports, ServeConfig, ServeError, TorchServe
 from training.config import load_config
 from training.demo_data import DemoDataConfig, demo_image, write_demo_dataset
 from training.train import train
@@ -62,9 +62,10 @@ def run_demo(workdir: Path, model_store: Path, run_dir: Path, ports: Ports, stop
     if previous.is_running():  # the server an earlier demo left running: it serves the .mar about to be rebuilt
         print(f"stopping the TorchServe an earlier demo left running (pid {previous.pid_of_running()})")
         previous.stop()
-    busy = [port for port in (ports.inference, ports.management, ports.metrics) if port_in_use(port)]
+    busy = ports.busy()
     if busy:  # fail now, not after minutes of training
-        raise ServeError(f"port(s) {busy} already in use; a TorchServe may still be running: stop it with `make stop`")
+        raise ServeError(f"port(s) {', '.join(busy)} already in use; a TorchServe may still be running: "
+                         f"stop it with `make stop`")
 
     _step(1, "Generating the demo dataset (procedural faces; fakes are face swaps with blending traces)")
     data_dir = workdir / "data"

@@ -60,6 +60,10 @@ class Ports:
             for sock in sockets:
                 sock.close()
 
+    def busy(self) -> list[str]:
+        """The listeners whose port something already accepts connections on, as "name=port"."""
+        return [f"{name}={port}" for name, port in asdict(self).items() if port_in_use(port)]
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -191,7 +195,7 @@ class TorchServe:
             if not (config.model_store / archive).is_file():
                 raise ServeError(f"{config.model_store / archive} does not exist; build it with "
                                  f"python -m scripts.package_model (model '{name}')")
-        busy = [f"{name}={port}" for name, port in asdict(config.ports).items() if port_in_use(port)]
+        busy = config.ports.busy()
         if busy:
             raise ServeError(f"port(s) already in use: {', '.join(busy)}. Another TorchServe may be running: "
                              f"stop it with `make stop` (or python -m scripts.serve stop --run-dir ...)")

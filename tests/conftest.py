@@ -5,12 +5,16 @@ Everything is built by the project's own commands into pytest's tmp folders; not
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from ts.context import Context, RequestProcessor
 
+from handler.deepfake_handler import DeepfakeHandler
 from scripts.package_model import PackageConfig, package_model
 from scripts.serve import Ports, ServeConfig, TorchServe
 from training.config import TrainConfig
@@ -57,6 +61,30 @@ def model_store(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     package_model(PackageConfig(export_dir=tiny_export, model_store=store, model_name=BATCH_MODEL,
                                 model_config=batch_config))
     return store
+
+
+@pytest.fixture
+def handler_and_context(tiny_export: Path, tmp_path: Path):
+    """Builds DeepfakeHandlers initialised on a real ts Context over a copy of the tiny export.
+
+    The context carries config/model-config.yaml (with `handler:` overrides from the call) and one
+    RequestProcessor per batch item, so per-item statuses can be read back.
+    """
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_export, model_dir)
+
+    def build(batch_size: int, **handler_settings: Any) -> tuple[DeepfakeHandler, Context]:
+        model_yaml = yaml.safe_load((REPO_ROOT / "config" / "model-config.yaml").read_text())
+        model_yaml["handler"].update(handler_settings)
+        manifest = {"model": {"modelName": "deepfake", "modelVersion": "7.1"}}
+        context = Context("deepfake", str(model_dir), manifest, batch_size, None, "0.12.0",
+                          model_yaml_config=model_yaml)
+        context.request_processor = [RequestProcessor({}) for _ in range(batch_size)]
+        handler = DeepfakeHandler()
+        handler.initialize(context)
+        return handler, context
+
+    return build
 
 
 @pytest.fixture(scope="session")

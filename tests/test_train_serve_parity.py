@@ -1,27 +1,13 @@
 """Train/serve parity: the tensor the training dataset yields is the tensor the handler builds, bit for bit."""
 
-import shutil
-
-import pytest
 import torch
-from ts.context import Context
 
-from handler.deepfake_handler import DeepfakeHandler
 from handler.metadata import ModelMetadata
 from training.dataset import FaceImageDataset, scan_image_folder
 
 
-@pytest.fixture
-def initialised_handler(tiny_export, tmp_path):
-    model_dir = tmp_path / "model"
-    shutil.copytree(tiny_export, model_dir)
-    handler = DeepfakeHandler()
-    context = Context("deepfake", str(model_dir), {"model": {}}, 1, None, "0.12.0", model_yaml_config={})
-    handler.initialize(context)
-    return handler
-
-
-def test_training_dataset_and_handler_build_identical_tensors(initialised_handler, tiny_dataset, tiny_export):
+def test_training_dataset_and_handler_build_identical_tensors(handler_and_context, tiny_dataset, tiny_export):
+    initialised_handler, _ = handler_and_context(1)
     metadata = ModelMetadata.load(tiny_export / "metadata.json")
     samples = scan_image_folder(tiny_dataset).samples
     dataset = FaceImageDataset(samples, metadata.preprocessing)  # what training and validation feed the model

@@ -32,10 +32,11 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image file."""
+    """One labelled image file, with the SHA-256 of the bytes that were checked."""
 
     path: Path
     label: int
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class ScannedFolder:
         digest = hashlib.sha256()
         for sample in sorted(self.samples, key=lambda s: str(s.path)):
             digest.update(f"{sample.path.parent.name}/{sample.path.name}:{sample.label}:".encode())
-            digest.update(hashlib.sha256(sample.path.read_bytes()).digest())
+            digest.update(bytes.fromhex(sample.sha256))
         return digest.hexdigest()
 
 
@@ -88,11 +89,12 @@ def scan_image_folder(root: Path, max_image_pixels: int = PreprocessConfig.max_i
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                decode_rgb(path.read_bytes(), max_image_pixels)
+                data = path.read_bytes()
+                decode_rgb(data, max_image_pixels)
             except (ImageDecodeError, OSError) as error:
                 skipped.append(SkippedFile(path, str(error)))
                 continue
-            samples.append(Sample(path, label))
+            samples.append(Sample(path, label, hashlib.sha256(data).hexdigest()))
             found += 1
         if found == 0:
             raise DatasetError(

@@ -1,42 +1,12 @@
 """The handler class on a real ts.context.Context, outside a server (the served .mar is tested in tests/scripts)."""
 
 import io
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from PIL import Image
-from ts.context import Context, RequestProcessor
 
-from handler.deepfake_handler import DeepfakeHandler
 from handler.forensics import model_input_from_bytes
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def make_context(model_dir: Path, batch_size: int, handler_settings: dict | None = None) -> Context:
-    model_yaml = yaml.safe_load((REPO_ROOT / "config" / "model-config.yaml").read_text())
-    model_yaml["handler"].update(handler_settings or {})
-    manifest = {"model": {"modelName": "deepfake", "modelVersion": "7.1"}}
-    context = Context("deepfake", str(model_dir), manifest, batch_size, None, "0.12.0", model_yaml_config=model_yaml)
-    context.request_processor = [RequestProcessor({}) for _ in range(batch_size)]
-    return context
-
-
-@pytest.fixture
-def handler_and_context(tiny_export, tiny_dataset, tmp_path):
-    model_dir = tmp_path / "model"
-    shutil.copytree(tiny_export, model_dir)
-
-    def build(batch_size: int, **settings) -> tuple[DeepfakeHandler, Context]:
-        handler = DeepfakeHandler()
-        context = make_context(model_dir, batch_size, settings)
-        handler.initialize(context)
-        return handler, context
-
-    return build
 
 
 def test_batch_with_bad_items_scores_the_good_ones(handler_and_context, tiny_dataset):
