@@ -27,7 +27,7 @@ java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 
-wanted=$(sha256sum requirements.txt | cut -d' ' -f1)
+wanted=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$wanted" ]; then
   echo "setup: .venv is up to date"
   exit 0
@@ -38,6 +38,10 @@ echo "setup: installing pinned packages into $VENV (first run downloads ~5.5 GB 
 if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 |
   { grep -v "is ignored: it is neither a file nor a directory" || true; }; then
   fail "pip install failed (see the messages above)"
+fi
+if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt 2>&1 |
+  { grep -v "is ignored: it is neither a file nor a directory" || true; }; then
+  fail "pip install --no-deps failed (see the messages above)"
 fi
 "$VENV/bin/python" -c 'import torch, torchvision, timm, cv2, ts, model_archiver' ||
   fail "packages installed but do not import; delete .venv and run again"
