@@ -1,0 +1,115 @@
+"""Report figures for a training run, one PNG each.
+
+Figures are built as `matplotlib.figure.Figure` objects rendered by the Agg canvas, never through
+pyplot: no global backend switch, no figure registry to leak, nothing that needs a display. The
+curves come from scikit-learn's display classes so they match its metric definitions; the only
+number computed here is the ECE in the reliability legend (training.metrics).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.calibration import CalibrationDisplay
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+from training.metrics import ECE_BINS, expected_calibration_error
+
+DPI = 100
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)  # attaches itself as figure.canvas
+    return figure
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+def _series(history: list[dict[str, Any]], key: str) -> list[float]:
+    # A key an epoch lacks (an older report, a metric added later) becomes a gap rather than an error.
+    return [float(row.get(key, math.nan)) for row in history]
+
+
+def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
+    """Loss (train vs validation) and validation ROC AUC / accuracy per epoch.
+
+    Args:
+        history: one dict per epoch with "epoch", "train_loss" and the validation metrics of
+            training.metrics.classification_metrics ("loss", "roc_auc", "accuracy", ...).
+        path: PNG to write.
+
+    Returns:
+        path.
+
+    """
+    if not history:
+        raise ValueError("history is empty: nothing to plot")
+    epochs = [row["epoch"] for row in history]
+    figure = _new_figure(10, 4)
+    losses, scores = figure.subplots(1, 2)
+    # Markers keep a one-epoch run visible (a single point draws no line).
+    losses.plot(epochs, _series(history, "train_loss"), marker="o", label="train")
+    losses.plot(epochs, _series(history, "loss"), marker="o", label="validation")
+    losses.set(title="Loss", xlabel="epoch", ylabel="log loss")
+    losses.legend()
+    scores.plot(epochs, _series(history, "roc_auc"), marker="o", label="ROC AUC")
+    scores.plot(epochs, _series(history, "accuracy"), marker="o", label="accuracy")
+    scores.set(title="Validation", xlabel="epoch", ylabel="score", ylim=(0.0, 1.02))
+    scores.legend()
+    for axes in (losses, scores):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # no "epoch 0.96" ticks
+        axes.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_roc(labels: np.ndarray, probability_fake: np.ndarray, path: Path) -> Path:
+    """ROC curve of the fake class with its AUC in the legend and title."""
+    figure = _new_figure(5, 5)
+    axes = figure.subplots()
+    display = RocCurveDisplay.from_predictions(labels, probability_fake, pos_label=1, name="detector", ax=axes,
+                                               plot_chance_level=True)
+    axes.set(title=f"ROC, AUC = {display.roc_auc:.4f}", xlabel="false positive rate (real called fake)",
+             ylabel="true positive rate (fakes caught)")
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(confusion: list[list[int]], path: Path,
+                          class_names: Sequence[str] = ("real", "fake")) -> Path:
+    """Counts [[tn, fp], [fn, tp]] (rows: true class, columns: predicted), as training.metrics.confusion_counts."""
+    matrix = np.asarray(confusion, dtype=np.int64)
+    if matrix.shape != (len(class_names), len(class_names)):
+        raise ValueError(f"confusion must be {len(class_names)}x{len(class_names)} to match class_names, "
+                         f"got shape {matrix.shape}")
+    figure = _new_figure(5, 4.5)
+    axes = figure.subplots()
+    ConfusionMatrixDisplay(matrix, display_labels=list(class_names)).plot(ax=axes, values_format="d", colorbar=True)
+    axes.set_title("Confusion matrix")
+    return _save(figure, path)
+
+
+def plot_reliability(labels: np.ndarray, probability_before: np.ndarray, probability_after: np.ndarray, path: Path,
+                     bins: int = ECE_BINS) -> Path:
+    """Reliability diagram of the probability of fake before and after calibration, ECE of each in the legend."""
+    figure = _new_figure(5, 5)
+    axes = figure.subplots()
+    for name, probability, ref_line in (("before", probability_before, True), ("after", probability_after, False)):
+        ece = expected_calibration_error(labels, probability, bins)
+        CalibrationDisplay.from_predictions(labels, probability, n_bins=bins, strategy="uniform", pos_label=1,
+                                            name=f"{name} calibration (ECE {ece:.3f})", ax=axes, ref_line=ref_line)
+    axes.set(title=f"Reliability, {bins} equal-width bins", xlabel="mean predicted probability of fake",
+             ylabel="fraction of images that are fake")
+    axes.legend(loc="upper left")
+    return _save(figure, path)
