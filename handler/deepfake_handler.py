@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
+from handler.calibration import CALIBRATION_FILENAME, Calibration
 from handler.forensics import ImageDecodeError, decode_rgb, model_input_from_bytes, model_input_from_rgb
 from handler.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
 from handler.request_body import image_bytes_from_row
@@ -43,11 +44,12 @@ class DeepfakeHandler(BaseHandler):
     def __init__(self) -> None:
         super().__init__()
         self.metadata: ModelMetadata | None = None
+        self.calibration = Calibration.none()
         self.policy = VerdictPolicy()
         self.model_info: dict[str, Any] = {}
 
     def initialize(self, context: Any) -> None:
-        """Loads metadata.json and the TorchScript model once per worker."""
+        """Loads metadata.json, calibration.json (when the .mar has one) and the TorchScript model once per worker."""
         self.context = context
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
@@ -57,6 +59,9 @@ class DeepfakeHandler(BaseHandler):
         if "max_image_pixels" in settings:
             preprocessing = replace(self.metadata.preprocessing, max_image_pixels=int(settings["max_image_pixels"]))
             self.metadata = replace(self.metadata, preprocessing=preprocessing)
+        calibration_file = model_dir / CALIBRATION_FILENAME
+        # The same Calibration code training used to measure the calibrated metrics, so served = reported.
+        self.calibration = Calibration.load(calibration_file) if calibration_file.is_file() else Calibration.none()
         self.policy = VerdictPolicy(
             threshold=float(settings.get("threshold", self.metadata.threshold)),
             borderline_band=tuple(settings.get("borderline_band", VerdictPolicy.borderline_band)),
@@ -78,6 +83,7 @@ class DeepfakeHandler(BaseHandler):
             "name": manifest_model.get("modelName", context.model_name),
             "version": manifest_model.get("modelVersion", "unknown"),
             "architecture": self.metadata.architecture,
+            "calibration": self.calibration.method,
             "device": str(self.device),
         }
         self.initialized = True
@@ -112,12 +118,12 @@ class DeepfakeHandler(BaseHandler):
         return batch, errors
 
     def inference(self, batch: torch.Tensor) -> torch.Tensor:
-        """Probability of fake for each image of the batch, on the CPU."""
+        """Calibrated probability of fake for each image of the batch, on the CPU."""
         assert self.metadata is not None, "initialize() must run first"
         with torch.inference_mode():
-            logits = self.model(batch)
-            probabilities = torch.softmax(logits.float(), dim=1)[:, self.metadata.fake_index]
-        return probabilities.cpu()
+            logits = self.model(batch).float().cpu().numpy()
+        fake = self.metadata.fake_index
+        return torch.from_numpy(self.calibration.probabilities(logits, fake)[:, fake])
 
     def postprocess(
         self, probabilities: list[float], errors: dict[int, ImageDecodeError], timing: dict[str, float]
@@ -131,7 +137,7 @@ class DeepfakeHandler(BaseHandler):
                 self.context.set_response_status(status, STATUS_PHRASES[status], index)
                 responses.append(body)
             else:
-                item = verdict(next(scored), self.policy, calibrated=False)
+                item = verdict(next(scored), self.policy, calibrated=self.calibration.method != "none")
                 item["model"] = self.model_info
                 item["timing_ms"] = timing
                 responses.append(item)

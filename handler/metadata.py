@@ -15,6 +15,7 @@ from handler.forensics import PreprocessConfig
 
 METADATA_FILENAME = "metadata.json"
 MODEL_FILENAME = "model.torchscript.pt"
+METRICS_FILENAME = "metrics.json"  # the run's measured quality, carried into the .mar for `inspect`
 SCHEMA_VERSION = 1
 
 

@@ -71,8 +71,8 @@ def run_demo(workdir: Path, model_store: Path, run_dir: Path, ports: Ports, stop
     data_dir = workdir / "data"
     ensure_demo_data(data_dir, DemoDataConfig())
 
-    _step(2, "Training a 4-channel (RGB + Laplacian) ResNet18 and exporting TorchScript")
-    train_config = load_config(DEMO_TRAIN_CONFIG, {"data_dir": data_dir, "output_dir": workdir / "run"})
+    _step(2, "Training a 4-channel (RGB + Laplacian) detector, calibrating it and exporting TorchScript")
+    train_config = load_config(DEMO_TRAIN_CONFIG, {"dataset": data_dir / "manifest.csv", "output_dir": workdir / "run"})
     result = train(train_config)
 
     _step(3, "Archiving TorchScript + handler + metadata with torch-model-archiver")
@@ -95,8 +95,9 @@ def run_demo(workdir: Path, model_store: Path, run_dir: Path, ports: Ports, stop
         raise
 
     _step(6, "Done")
-    print(f"validation ROC AUC {result.best_metrics['roc_auc']:.4f}, accuracy {result.best_metrics['accuracy']:.3f} "
-          f"(epoch {result.best_epoch}); total {time.monotonic() - started:.0f} s")
+    print(f"best epoch {result.best_epoch}: validation ROC AUC {result.best_metrics['roc_auc']:.4f}; "
+          f"{result.final.summary_line()}")
+    print(f"report, plots and metrics: {result.report_path.parent}; total {time.monotonic() - started:.0f} s")
     if stop:
         server.stop()
         print("TorchServe stopped.")

@@ -1,6 +1,7 @@
 """Builds model_store/<name>.mar from an export folder with torch-model-archiver.
 
-The archive holds the TorchScript file, metadata.json, config/model-config.yaml, the handler
+The archive holds the TorchScript file, metadata.json, calibration.json and metrics.json (when the
+export has them), config/model-config.yaml, the handler
 entry point and the whole handler/ package, so the worker imports `handler.*` exactly as the
 repository does.
 
@@ -18,7 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from handler.metadata import METADATA_FILENAME, MODEL_FILENAME
+from handler.calibration import CALIBRATION_FILENAME
+from handler.metadata import METADATA_FILENAME, METRICS_FILENAME, MODEL_FILENAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLER_PACKAGE = REPO_ROOT / "handler"
@@ -63,9 +65,11 @@ def package_model(config: PackageConfig) -> Path:
     with tempfile.TemporaryDirectory(prefix="package-") as staging_name:
         staging = Path(staging_name)
         # The archiver copies a folder's *contents* into the archive root, so stage a folder that
-        # contains handler/ (a clean copy: no __pycache__) and metadata.json.
+        # contains handler/ (a clean copy: no __pycache__) and the export's JSON files.
         shutil.copytree(HANDLER_PACKAGE, staging / "handler", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        shutil.copy2(metadata_file, staging / METADATA_FILENAME)
+        for name in (METADATA_FILENAME, CALIBRATION_FILENAME, METRICS_FILENAME):
+            if (config.export_dir / name).is_file():
+                shutil.copy2(config.export_dir / name, staging / name)
         command = [
             sys.executable, "-m", "model_archiver.model_packaging",
             "--model-name", config.model_name,

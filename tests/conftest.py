@@ -38,14 +38,15 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_training(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     """A ResNet18 trained for one epoch at 64 px: enough to exercise every step, not to be accurate."""
-    config = TrainConfig(data_dir=tiny_dataset, output_dir=tmp_path_factory.mktemp("tiny_run"),
-                         input_size=TINY_INPUT_SIZE, epochs=1, batch_size=8, val_fraction=0.25, device="cpu")
+    config = TrainConfig(dataset=tiny_dataset, output_dir=tmp_path_factory.mktemp("tiny_run"),
+                         input_size=TINY_INPUT_SIZE, epochs=1, batch_size=4, val_fraction=0.25, test_fraction=0.25,
+                         device="cpu")
     return train(config)
 
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_training: TrainResult) -> Path:
-    """The export folder (model.torchscript.pt + metadata.json)."""
+    """The export folder (model.torchscript.pt, metadata.json, calibration.json, metrics.json)."""
     return tiny_training.export.model_path.parent
 
 
@@ -73,7 +74,10 @@ def handler_and_context(tiny_export: Path, tmp_path: Path):
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_export, model_dir)
 
-    def build(batch_size: int, **handler_settings: Any) -> tuple[DeepfakeHandler, Context]:
+    def build(batch_size: int, remove_files: tuple[str, ...] = (), **handler_settings: Any
+              ) -> tuple[DeepfakeHandler, Context]:
+        for name in remove_files:
+            (model_dir / name).unlink()
         model_yaml = yaml.safe_load((REPO_ROOT / "config" / "model-config.yaml").read_text())
         model_yaml["handler"].update(handler_settings)
         manifest = {"model": {"modelName": "deepfake", "modelVersion": "7.1"}}

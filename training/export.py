@@ -1,4 +1,4 @@
-"""Export: TorchScript file + metadata.json, accepted only if the reloaded file matches the eager model.
+"""Export: TorchScript + metadata.json, calibration.json, metrics.json; refused unless TorchScript matches eager.
 
 The export folder is everything the handler needs; scripts/package_model.py archives it into a .mar.
 """
@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from handler.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
+from handler.calibration import CALIBRATION_FILENAME, Calibration
+from handler.metadata import METADATA_FILENAME, METRICS_FILENAME, MODEL_FILENAME, ModelMetadata
 from handler.torchscript import load_torchscript, torchscript_deprecation_silenced
+from training.jsonsafe import write_json
 
 
 class ExportMismatchError(RuntimeError):
@@ -29,7 +32,8 @@ class ExportResult:
 
 
 def export_torchscript(
-    model: nn.Module, metadata: ModelMetadata, example_batch: torch.Tensor, out_dir: Path, tolerance: float = 1e-4
+    model: nn.Module, metadata: ModelMetadata, example_batch: torch.Tensor, out_dir: Path, tolerance: float = 1e-4,
+    calibration: Calibration | None = None, metrics: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Traces the model on CPU, saves it, reloads it and compares logits on `example_batch`.
 
@@ -39,6 +43,8 @@ def export_torchscript(
         example_batch: real model inputs [N, 4, H, W]; the comparison runs on these.
         out_dir: created if needed.
         tolerance: the largest accepted absolute logit difference.
+        calibration: written to calibration.json, which the handler applies to the softmax output.
+        metrics: written to metrics.json, so the model's measured quality travels with it into the .mar.
 
     Raises:
         ExportMismatchError: the reloaded file differs from the eager model by more than `tolerance`.
@@ -62,4 +68,8 @@ def export_torchscript(
         )
     metadata_path = out_dir / METADATA_FILENAME
     metadata.save(metadata_path)
+    if calibration is not None:
+        calibration.save(out_dir / CALIBRATION_FILENAME)
+    if metrics is not None:
+        write_json(out_dir / METRICS_FILENAME, metrics)
     return ExportResult(model_path, metadata_path, max_abs_diff)

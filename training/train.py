@@ -1,25 +1,27 @@
-"""Trains the detector, keeps the best epoch by validation ROC AUC, and exports it for serving.
+"""Trains the detector, keeps the best epoch by validation ROC AUC, calibrates it and exports it for serving.
 
 Usage:
-    python -m training.train --config config/train_demo.yaml --data-dir build/demo/data --output-dir build/demo/run
+    python -m training.train --dataset DATA --output-dir RUN [--config config/train.yaml] [--set key=value ...]
+    torchrun --nproc_per_node 2 -m training.train --dataset DATA --output-dir RUN   (data-parallel)
+
+DATA is a folder (real/ + fake/, or Train|Validation|Test / Real|Fake) or a CSV manifest
+(path,label[,subject][,split]). Settings: config/train.yaml lists every one with its default.
 
 Outputs in --output-dir:
-    config.yaml        the fully resolved configuration
-    checkpoint.pt      best weights (state dict + config), loadable with weights_only=True
-    export/            model.torchscript.pt + metadata.json, the input of scripts/package_model.py
-    run_report.json    seed, package versions, data fingerprint, skipped files, per-epoch metrics
+    config.yaml      the fully resolved configuration
+    checkpoint.pt    best weights + config + metrics, loadable with torch.load(..., weights_only=True)
+    export/          model.torchscript.pt, metadata.json, calibration.json, metrics.json (→ scripts/package_model.py)
+    plots/           training curves, ROC, confusion matrix, reliability diagram (PNG)
+    report.json      seed, versions, data fingerprint and split, skipped files, faults, per-epoch and test metrics
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import platform
 import random
 import time
-from dataclasses import dataclass
-from importlib.metadata import version
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +29,52 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from handler.forensics import PreprocessConfig
-from handler.metadata import ModelMetadata
-from training.config import TrainConfig, load_config, save_config
-from training.dataset import CLASS_NAMES, FaceImageDataset, scan_image_folder, stratified_split
-from training.export import ExportResult, export_torchscript
+from training.augment import build_augmenter
+from training.config import AMP_MODES, TrainConfig, dotted_override, load_config, save_config
+from training.dataset import (
+    FaceImageDataset,
+    ScannedDataset,
+    assert_subject_disjoint,
+    scan_dataset,
+    split_dataset,
+)
+from training.distributed import (
+    DistributedContext,
+    barrier,
+    broadcast_from_main,
+    init_distributed,
+    shutdown_distributed,
+)
+from training.early_stopping import EarlyStopping
+from training.evaluate import predict_logits
+from training.export import ExportResult
+from training.faults import FAULTS, FaultPlan, StepSkipper, corrupt_labels, loss_targets, noisy_inputs, parse_faults
 from training.metrics import classification_metrics
 from training.model import create_detector, pick_device
+from training.optim import MixedPrecision, build_optimizer, build_scheduler, resolve_mixed_precision
+from training.report import FinalEvaluation, finish_run
 
 CHECKPOINT_FILENAME = "checkpoint.pt"
-REPORT_FILENAME = "run_report.json"
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished run produced."""
+    """What a finished run produced (on the main process; other ranks get None from train())."""
 
     best_epoch: int
     best_metrics: dict[str, float]
-    export: ExportResult
+    final: FinalEvaluation
     report_path: Path
+
+    @property
+    def export(self) -> ExportResult:
+        """The export folder's files (the input of scripts/package_model.py)."""
+        return self.final.export
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -60,160 +85,249 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def package_versions() -> dict[str, str]:
-    """Versions that decide whether a run can be reproduced."""
-    names = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "pillow", "scikit-learn")
-    return {"python": platform.python_version(), **{name: version(name) for name in names}}
+@dataclass
+class TrainingLoop:
+    """The objects one optimisation epoch needs, gathered so functions take one argument, not twelve."""
+
+    model: nn.Module
+    loader: DataLoader
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: MixedPrecision
+    device: torch.device
+    memory_format: torch.memory_format
+    faults: FaultPlan
+    skipper: StepSkipper
+    grad_clip_norm: float
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scaler = self.precision.grad_scaler(self.device)
 
 
-def predict_probabilities(
-    model: nn.Module, loader: DataLoader, device: torch.device,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and probability of fake for every item of the loader, in loader order."""
-    model.eval()
-    labels, probabilities = [], []
-    with torch.inference_mode():
-        for inputs, targets in loader:
-            logits = model(inputs.to(device, memory_format=memory_format))
-            probabilities.append(torch.softmax(logits.float(), dim=1)[:, CLASS_NAMES.index("fake")].cpu())
-            labels.append(targets)
-    return torch.cat(labels).numpy(), torch.cat(probabilities).numpy()
-
-
-def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, description: str,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> float:
-    """One pass over the training split; returns the mean loss."""
-    model.train()
+def train_one_epoch(loop: TrainingLoop, description: str) -> dict[str, float]:
+    """One pass over this process's share of the training split; returns mean loss and throughput."""
+    loop.model.train()
     total, count = 0.0, 0
+    started = time.perf_counter()
     # disable=None: a progress bar on a terminal, silence in CI logs.
-    progress = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=None)
+    progress = tqdm(loop.loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=None)
     for inputs, targets in progress:
-        inputs, targets = inputs.to(device, memory_format=memory_format), targets.to(device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs), targets)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        inputs = inputs.to(loop.device, memory_format=loop.memory_format, non_blocking=True)
+        targets = targets.to(loop.device, non_blocking=True)
+        inputs = noisy_inputs(inputs, loop.faults)
+        with loop.precision.autocast(loop.device):
+            logits = loop.model(inputs)
+        loss = loop.loss_fn(logits.float(), loss_targets(targets, loop.faults))
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        skipped = loop.skipper.skip()
+        if not skipped:
+            if loop.grad_clip_norm > 0:
+                loop.scaler.unscale_(loop.optimizer)
+                nn.utils.clip_grad_norm_(loop.model.parameters(), loop.grad_clip_norm)
+            loop.scaler.step(loop.optimizer)
+            loop.scaler.update()
+        with warnings.catch_warnings():
+            if skipped:  # the schedule follows steps taken or not; torch warns when the first one was skipped
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            loop.scheduler.step()
         total += loss.item() * len(targets)
         count += len(targets)
         progress.set_postfix(loss=f"{total / count:.4f}")
-    return total / max(count, 1)
+    seconds = time.perf_counter() - started
+    return {"train_loss": total / max(count, 1), "train_images_per_s": count / seconds if seconds else 0.0}
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Runs the whole recipe: scan → split → train → select by val AUC → export → report."""
+def preprocessing_for(model: nn.Module, input_size: int) -> PreprocessConfig:
+    """The model input recipe, with the RGB normalisation the backbone was pretrained with.
+
+    Preprocessing travels with the weights (timm's pretrained_cfg): TF-ported EfficientNet-Lite
+    expects mean = std = 0.5, not ImageNet's statistics, and a stem fed the wrong scale starts
+    fine-tuning from badly mis-scaled activations. The exported metadata.json carries the result.
+    """
+    pretrained = getattr(model, "pretrained_cfg", None) or {}
+    defaults = PreprocessConfig()
+    mean = (*pretrained.get("mean", defaults.mean[:3]), defaults.mean[3])
+    std = (*pretrained.get("std", defaults.std[:3]), defaults.std[3])
+    return PreprocessConfig(input_size=(input_size, input_size), mean=tuple(mean), std=tuple(std))
+
+
+def _log(context: DistributedContext, message: str) -> None:
+    if context.is_main:
+        print(message, flush=True)
+
+
+def _scan(config: TrainConfig, preprocess: PreprocessConfig, context: DistributedContext) -> ScannedDataset:
+    """Rank 0 decodes every file once; the other ranks receive its result instead of repeating the work."""
+    scanned = None
+    if context.is_main:
+        scanned = scan_dataset(config.dataset, preprocess.max_image_pixels, layout=config.dataset_layout)
+        for skipped in scanned.skipped:
+            print(f"skipped {skipped.path}: {skipped.reason}")
+    return broadcast_from_main(scanned, context)
+
+
+def train(config: TrainConfig) -> TrainResult | None:
+    """Runs the whole recipe: scan → split → train → select by val AUC → calibrate → test → export → report.
+
+    Under torchrun every rank trains; rank 0 alone evaluates, saves and reports, and returns the result.
+    """
+    faults = parse_faults(config.faults)
+    context, device = init_distributed(pick_device(config.device))
+    try:
+        return _train(config, faults, context, device)
+    finally:
+        shutdown_distributed(context)
+
+
+def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
+           device: torch.device) -> TrainResult | None:
     started = time.time()
     generator = seed_everything(config.seed)
-    device = pick_device(config.device)
-    output_dir = config.output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, output_dir / "config.yaml")
-
-    preprocess = PreprocessConfig(input_size=(config.input_size, config.input_size))
-    scanned = scan_image_folder(config.data_dir, preprocess.max_image_pixels)
-    for skipped in scanned.skipped:
-        print(f"skipped {skipped.path}: {skipped.reason}")
-    train_samples, val_samples = stratified_split(scanned.samples, config.val_fraction, config.seed)
-    print(f"data: {len(train_samples)} train, {len(val_samples)} validation, {len(scanned.skipped)} skipped "
-          f"(from {config.data_dir}); device: {device}")
-
-    train_loader = DataLoader(
-        FaceImageDataset(train_samples, preprocess, config.horizontal_flip),
-        batch_size=config.batch_size, shuffle=True, generator=generator, num_workers=config.num_workers,
-        drop_last=len(train_samples) > config.batch_size,
-    )
-    val_loader = DataLoader(FaceImageDataset(val_samples, preprocess), batch_size=config.batch_size * 2,
-                            num_workers=config.num_workers)
+    if context.is_main:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, config.output_dir / "config.yaml")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    precision = resolve_mixed_precision(config.amp, device)
 
     # channels_last: ~25 % faster convolutions on a 2-core AVX-512 CPU (measured), and the fast path on GPUs.
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = create_detector(config.model_name).to(device, memory_format=memory_format)
-    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(config.class_weights, dtype=torch.float32, device=device))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.learning_rate, total_steps=max(1, config.epochs * len(train_loader)), pct_start=0.2
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    model = create_detector(config.model_name, config.weights).to(device, memory_format=memory_format)
+    preprocess = preprocessing_for(model, config.input_size)
+    scanned = _scan(config, preprocess, context)
+    split = split_dataset(scanned.samples, config.val_fraction, config.test_fraction, config.seed)
+    assert_subject_disjoint(split)
+    train_labels, fault_effects = corrupt_labels([s.label for s in split.train], faults, config.seed)
+    _log(context, f"data: {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test "
+                  f"({split.method} split), {len(scanned.skipped)} skipped (from {config.dataset}); device: {device}, "
+                  f"mixed precision: {precision.name}, processes: {context.world_size}"
+                  + (f"; FAULTS INJECTED: {', '.join(faults.specs)} {fault_effects}" if faults.active else ""))
+
+    augment = build_augmenter(config.augment, preprocess.input_size)
+    train_set = FaceImageDataset(split.train, preprocess, augment=augment, labels=train_labels)
+    sampler = (DistributedSampler(train_set, context.world_size, context.rank, shuffle=True, seed=config.seed,
+                                  drop_last=True) if context.enabled else None)
+    train_loader = DataLoader(
+        train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
+        num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
+        pin_memory=device.type == "cuda", drop_last=len(split.train) > config.batch_size * context.world_size,
     )
+    val_loader = DataLoader(FaceImageDataset(split.val, preprocess), batch_size=config.batch_size * 2,
+                            num_workers=config.num_workers)
+
+    trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if context.enabled else model
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(config.class_weights, dtype=torch.float32, device=device))
+    optimizer = build_optimizer(trained, config)
+    scheduler = build_scheduler(optimizer, config, len(train_loader))
+    loop = TrainingLoop(trained, train_loader, loss_fn, optimizer, scheduler, precision, device, memory_format,
+                        faults, StepSkipper(faults, config.seed), config.grad_clip_norm)
 
     history: list[dict[str, Any]] = []
-    best_epoch, best_auc, best_metrics = 0, -math.inf, {}
-    checkpoint_path = output_dir / CHECKPOINT_FILENAME
+    selection = EarlyStopping(config.early_stopping_patience)
+    checkpoint_path = config.output_dir / CHECKPOINT_FILENAME
     for epoch in range(1, config.epochs + 1):
-        train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, device,
-                                     f"epoch {epoch}/{config.epochs}", memory_format)
-        labels, probabilities = predict_probabilities(model, val_loader, device, memory_format)
-        metrics = {"train_loss": train_loss, **classification_metrics(labels, probabilities, config.threshold)}
-        history.append({"epoch": epoch, **metrics})
-        improved = metrics["roc_auc"] > best_auc or best_epoch == 0
-        print(f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}, val accuracy {metrics['accuracy']:.3f}, "
-              f"val ROC AUC {metrics['roc_auc']:.4f}{'  (best so far, saved)' if improved else ''}")
-        if improved:
-            best_epoch, best_auc, best_metrics = epoch, metrics["roc_auc"], metrics
-            torch.save({"state_dict": model.state_dict(), "config": config.to_dict(), "epoch": epoch}, checkpoint_path)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        epoch_stats = train_one_epoch(loop, f"epoch {epoch}/{config.epochs}")
+        stop = False
+        if context.is_main:
+            labels, logits = predict_logits(model, val_loader, device, memory_format, precision)
+            probability_fake = torch.softmax(torch.from_numpy(logits), dim=1)[:, 1].numpy()
+            metrics = {**epoch_stats, **classification_metrics(labels, probability_fake, config.threshold)}
+            history.append({"epoch": epoch, "learning_rate": optimizer.param_groups[0]["lr"], **metrics})
+            improved = selection.update(epoch, metrics["roc_auc"])
+            print(f"epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f} "
+                  f"({metrics['train_images_per_s']:.0f} img/s), val loss {metrics['loss']:.4f}, "
+                  f"accuracy {metrics['accuracy']:.3f}, ROC AUC {metrics['roc_auc']:.4f}"
+                  f"{'  (best so far, saved)' if improved else ''}", flush=True)
+            if improved:
+                torch.save({"state_dict": model.state_dict(), "config": config.to_dict(), "epoch": epoch,
+                            "metrics": metrics}, checkpoint_path)
+            stop = selection.should_stop
+            if stop:
+                print(f"early stop: no better validation ROC AUC for {selection.stale_epochs} epochs")
+        if broadcast_from_main(stop, context):
+            break
+    barrier(context)
+    if not context.is_main:
+        return None
 
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     model.load_state_dict(checkpoint["state_dict"])
-    model = model.to(memory_format=torch.contiguous_format)  # export the plain layout; serving tunes its own
-    metadata = ModelMetadata(
-        architecture=config.model_name,
-        class_names=CLASS_NAMES,
-        threshold=config.threshold,
-        preprocessing=preprocess,
-        training={"best_epoch": best_epoch, "validation": best_metrics, "data_fingerprint": scanned.fingerprint(),
-                  "train_images": len(train_samples), "validation_images": len(val_samples)},
-    )
-    example_batch = next(iter(val_loader))[0]
-    export = export_torchscript(model, metadata, example_batch, output_dir / "export", config.export_tolerance)
-    print(f"exported {export.model_path} (TorchScript vs eager max |diff| {export.max_abs_diff:.2e})")
-
-    report = {
-        "config": config.to_dict(),
-        "seed": config.seed,
-        "device": str(device),
-        "versions": package_versions(),
-        "data": {
-            "fingerprint": metadata.training["data_fingerprint"],
-            "train_images": len(train_samples),
-            "validation_images": len(val_samples),
-            "skipped_count": len(scanned.skipped),
-            "skipped": [{"path": str(s.path), "reason": s.reason} for s in scanned.skipped],
+    final = finish_run(
+        model=model, config=config, preprocess=preprocess, split=split, scanned=scanned, history=history,
+        best_epoch=selection.best_epoch, device=device, memory_format=memory_format, precision=precision,
+        run_facts={
+            "device": str(device), "mixed_precision": precision.name, "world_size": context.world_size,
+            "faults": {"specs": list(faults.specs), **fault_effects, "optimizer_steps_skipped": loop.skipper.skipped,
+                       "optimizer_steps_taken": loop.skipper.taken},
+            "early_stopped": len(history) < config.epochs, "seconds_training": round(time.time() - started, 1),
         },
-        "history": history,
-        "best": {"epoch": best_epoch, **best_metrics},
-        "export": {"model": str(export.model_path), "metadata": str(export.metadata_path),
-                   "max_abs_diff": export.max_abs_diff},
-        "seconds": round(time.time() - started, 1),
-    }
-    report_path = output_dir / REPORT_FILENAME
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    return TrainResult(best_epoch, best_metrics, export, report_path)
+    )
+    return TrainResult(selection.best_epoch, history[selection.best_epoch - 1], final, final.report_path)
+
+
+def _epilog() -> str:
+    from training.calibration import CALIBRATORS
+    from training.dataset import LAYOUTS
+    from training.metrics import THRESHOLD_RULES
+    from training.weights import WEIGHT_SOURCES
+
+    def listing(title: str, entries: dict[str, Any]) -> str:
+        def describe(entry: Any) -> str:
+            return entry if isinstance(entry, str) else getattr(entry, "description", None) or entry[-1]
+
+        lines = [f"  {name:16s} {describe(entry)}" for name, entry in entries.items()]
+        return f"{title}:\n" + "\n".join(lines)
+
+    return "\n\n".join([
+        __doc__.split("\n\n", 1)[1].strip(),
+        listing("weights (--weights)", WEIGHT_SOURCES), listing("dataset layouts (dataset_layout)", LAYOUTS),
+        listing("calibration (--calibration)", CALIBRATORS),
+        listing("threshold rules (threshold_rule)", THRESHOLD_RULES),
+        listing("faults (--fault NAME[:VALUE], repeatable)", FAULTS), listing("mixed precision (--amp)", AMP_MODES),
+    ])
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """CLI → TrainConfig: YAML defaults, then explicit flags, then --set key=value pairs."""
+    """CLI → TrainConfig: defaults, then the --config YAML, then explicit flags, then --set key=value pairs."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--config", type=Path, help="YAML file of settings (e.g. config/train_demo.yaml)")
-    parser.add_argument("--data-dir", type=Path, help="folder with real/ and fake/ images")
-    parser.add_argument("--output-dir", type=Path, help="where to write checkpoint, export and report")
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
+    parser.add_argument("--config", type=Path,
+                        help="recipe YAML, e.g. config/train_demo.yaml (defaults: config/train.yaml)")
+    parser.add_argument("--dataset", "--data-dir", dest="dataset", type=Path,
+                        help="dataset folder or CSV manifest")
+    parser.add_argument("--output-dir", type=Path, help="where to write checkpoint, export, plots and report")
     parser.add_argument("--model-name", help="timm model name (default resnet18)")
+    parser.add_argument("--weights", help="none | timm | offline | PATH (see below)")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int, help="per process")
     parser.add_argument("--input-size", type=int, help="square model input side in px")
+    parser.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:1 | mps")
+    parser.add_argument("--amp", choices=sorted(AMP_MODES))
+    parser.add_argument("--calibration", help="temperature | isotonic | none")
+    parser.add_argument("--fault", action="append", default=None, metavar="NAME[:VALUE]",
+                        help="inject a fault, e.g. --fault label_noise:0.2 (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any setting, e.g. --set learning_rate=3e-4 (repeatable)")
+                        help="override any setting, e.g. --set warmup_epochs=2 --set augment.jpeg_probability=0")
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {
-        "data_dir": args.data_dir, "output_dir": args.output_dir, "model_name": args.model_name,
-        "epochs": args.epochs, "batch_size": args.batch_size, "input_size": args.input_size, "device": args.device,
+        "dataset": args.dataset, "output_dir": args.output_dir, "model_name": args.model_name,
+        "weights": args.weights, "epochs": args.epochs, "batch_size": args.batch_size,
+        "input_size": args.input_size, "learning_rate": args.learning_rate, "device": args.device, "amp": args.amp,
+        "calibration": args.calibration, "faults": args.fault,
     }
     for pair in args.set:
         key, separator, value = pair.partition("=")
         if not separator:
             parser.error(f"--set expects KEY=VALUE, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides.update(dotted_override(key.strip(), yaml.safe_load(value)))
     try:
         return load_config(args.config, overrides)
     except ValueError as error:
@@ -223,8 +337,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     result = train(parse_args(argv))
-    print(f"best epoch {result.best_epoch}: val ROC AUC {result.best_metrics['roc_auc']:.4f}, "
-          f"accuracy {result.best_metrics['accuracy']:.3f}; report: {result.report_path}")
+    if result is not None:
+        print(f"best epoch {result.best_epoch}: val ROC AUC {result.best_metrics['roc_auc']:.4f}; "
+              f"{result.final.summary_line()}; report: {result.report_path}")
 
 
 if __name__ == "__main__":

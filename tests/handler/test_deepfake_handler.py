@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from handler.calibration import Calibration
 from handler.forensics import model_input_from_bytes
 
 
@@ -26,14 +27,32 @@ def test_batch_with_bad_items_scores_the_good_ones(handler_and_context, tiny_dat
         assert good["timing_ms"]["batch_size"] == 5
 
 
-def test_handler_probability_equals_model_on_shared_preprocessing(handler_and_context, tiny_dataset):
-    data = (tiny_dataset / "fake" / "fake_00002.jpg").read_bytes()
-    handler, context = handler_and_context(1)
-    served = handler.handle([{"body": data}], context)[0]["probability_fake"]
+def _raw_and_calibrated(handler, data: bytes) -> tuple[float, float]:
     tensor = model_input_from_bytes(data, handler.metadata.preprocessing)
     with torch.inference_mode():
-        expected = torch.softmax(handler.model(tensor[None]), dim=1)[0, handler.metadata.fake_index].item()
-    assert served == pytest.approx(expected, abs=1e-6)
+        logits = handler.model(tensor[None]).numpy()
+    fake = handler.metadata.fake_index
+    raw = Calibration.none().probabilities(logits, fake)[0, fake]
+    return raw, handler.calibration.probabilities(logits, fake)[0, fake]
+
+
+def test_handler_serves_the_calibrated_probability_of_the_model(handler_and_context, tiny_dataset):
+    data = (tiny_dataset / "fake" / "fake_00002.jpg").read_bytes()
+    handler, context = handler_and_context(1)
+    response = handler.handle([{"body": data}], context)[0]
+    raw, calibrated = _raw_and_calibrated(handler, data)
+    assert handler.calibration.method == "temperature" and response["calibrated"] is True
+    assert response["probability_fake"] == pytest.approx(calibrated, abs=1e-6)
+    assert abs(raw - calibrated) > 1e-4  # so the assertion above could tell the two apart
+
+
+def test_without_calibration_json_the_raw_softmax_is_served_and_flagged(handler_and_context, tiny_dataset):
+    data = (tiny_dataset / "real" / "real_00003.jpg").read_bytes()
+    handler, context = handler_and_context(1, remove_files=("calibration.json",))
+    response = handler.handle([{"body": data}], context)[0]
+    raw, _ = _raw_and_calibrated(handler, data)
+    assert response["calibrated"] is False and response["model"]["calibration"] == "none"
+    assert response["probability_fake"] == pytest.approx(raw, abs=1e-6)
 
 
 def test_settings_come_from_model_config(handler_and_context):

@@ -12,8 +12,9 @@ def test_mar_holds_model_metadata_config_and_the_handler_package(model_store):
         names = set(archive.namelist())
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
         model_config = yaml.safe_load(archive.read("model-config.yaml"))
-    assert {"model.torchscript.pt", "metadata.json", "deepfake_handler.py", "model-config.yaml",
-            "handler/__init__.py", "handler/forensics.py", "handler/deepfake_handler.py"} <= names
+    assert {"model.torchscript.pt", "metadata.json", "calibration.json", "metrics.json", "deepfake_handler.py",
+            "model-config.yaml", "handler/__init__.py", "handler/forensics.py", "handler/calibration.py",
+            "handler/deepfake_handler.py"} <= names
     assert not [name for name in names if "__pycache__" in name or name.startswith("training/")]
     assert manifest["model"]["modelName"] == "deepfake" and manifest["model"]["modelVersion"] == "1.0"
     assert model_config["handler"]["max_image_pixels"] > 0

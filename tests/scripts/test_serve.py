@@ -14,6 +14,7 @@ import pytest
 import requests
 import torch
 
+from handler.calibration import Calibration
 from handler.forensics import model_input_from_bytes
 from handler.metadata import ModelMetadata
 from handler.torchscript import load_torchscript
@@ -51,8 +52,11 @@ def test_real_and_fake_files_get_verdicts_equal_to_in_process_scores(torchserve,
         assert body["model"]["name"] == "deepfake" and body["model"]["version"] == "1.0"
         with torch.inference_mode():
             logits = model(model_input_from_bytes(path.read_bytes(), metadata.preprocessing)[None])
-        expected = torch.softmax(logits, dim=1)[0, metadata.fake_index].item()
-        assert body["probability_fake"] == pytest.approx(expected, abs=1e-5)
+        # The .mar's calibration.json, applied by the same code training measured it with.
+        fake = metadata.fake_index
+        calibration = Calibration.load(tiny_export / "calibration.json")
+        expected = float(calibration.probabilities(logits.numpy(), fake)[0, fake])
+        assert body["probability_fake"] == pytest.approx(expected, abs=1e-5) and body["calibrated"] is True
         assert body["label"] == ("fake" if expected >= metadata.threshold else "real")
 
 

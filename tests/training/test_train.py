@@ -1,39 +1,121 @@
 import json
+import struct
 
+import pytest
 import torch
 
+from handler.calibration import Calibration
 from handler.metadata import ModelMetadata
-from training.train import main
+from training.config import TrainConfig
+from training.model import create_detector
+from training.train import main, train
+
+EPOCH_METRICS = {"loss", "roc_auc", "average_precision", "accuracy", "precision", "recall", "f1", "eer", "ece",
+                 "confusion_matrix", "train_loss", "train_images_per_s", "learning_rate", "epoch"}
+TIMING_KEYS = {"train_images_per_s", "seconds_training"}
 
 
-def test_tiny_run_writes_checkpoint_export_config_and_report(tiny_training):
+def _png_size(path):
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", path
+    return struct.unpack(">II", header[16:24])
+
+
+def test_tiny_run_writes_everything_a_run_promises(tiny_training):
     run_dir = tiny_training.report_path.parent
+    assert tiny_training.report_path.name == "report.json"
     report = json.loads(tiny_training.report_path.read_text())
-    assert report["best"]["epoch"] == 1 and len(report["history"]) == 1
-    assert set(report["history"][0]) == {"epoch", "train_loss", "accuracy", "roc_auc"}
-    assert report["versions"]["torch"].startswith("2.15.0")
+    assert report["best_epoch"] == 1 and len(report["history"]) == 1
+    assert set(report["history"][0]) == EPOCH_METRICS
+    assert report["versions"]["torch"].startswith("2.15.0") and report["seed"] == 0
     assert len(report["data"]["fingerprint"]) == 64
+    split = report["data"]["split"]
+    assert split["method"] == "stratified" and report["evaluation"]["split"] == "test"
+    assert report["evaluation"]["images"] == 6 and report["faults"]["specs"] == []
+    assert report["calibration"]["method"] == "temperature" and report["calibration"]["fitted_on"] == "validation"
     assert (run_dir / "config.yaml").is_file()
+
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert checkpoint["epoch"] == 1 and "conv1.weight" in checkpoint["state_dict"]
-    assert checkpoint["state_dict"]["conv1.weight"].shape[1] == 4  # RGB + Laplacian stem
-    metadata = ModelMetadata.load(tiny_training.export.metadata_path)
+    assert checkpoint["epoch"] == 1 and checkpoint["state_dict"]["conv1.weight"].shape[1] == 4  # RGB + Laplacian
+
+    export_dir = tiny_training.export.model_path.parent
+    metadata = ModelMetadata.load(export_dir / "metadata.json")
     assert metadata.preprocessing.input_size == (64, 64)
-    assert metadata.training["validation"] == {k: v for k, v in report["best"].items() if k != "epoch"}
+    assert metadata.threshold == report["threshold"]["value"]  # the validation-chosen threshold is what serving uses
+    assert Calibration.load(export_dir / "calibration.json").method == "temperature"
+    assert json.loads((export_dir / "metrics.json").read_text())["evaluation"] == report["evaluation"]
+
+    for name in ("training_curves", "roc", "confusion_matrix", "reliability"):
+        width, height = _png_size(run_dir / report["plots"][name])
+        assert width > 200 and height > 200
 
 
 def test_cli_reports_and_skips_a_corrupt_file(tiny_dataset, tmp_path, capsys):
     data = tmp_path / "data"
     for label in ("real", "fake"):
         (data / label).mkdir(parents=True)
-        for path in sorted((tiny_dataset / label).glob("*.jpg"))[:6]:
+        for path in sorted((tiny_dataset / label).glob("*.jpg"))[:8]:
             (data / label / path.name).write_bytes(path.read_bytes())
     (data / "fake" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
-    main(["--data-dir", str(data), "--output-dir", str(tmp_path / "run"), "--epochs", "2", "--input-size", "64",
-          "--batch-size", "4", "--set", "val_fraction=0.34", "--device", "cpu"])
+    main(["--dataset", str(data), "--output-dir", str(tmp_path / "run"), "--epochs", "2", "--input-size", "64",
+          "--batch-size", "4", "--set", "val_fraction=0.25", "--set", "test_fraction=0.25", "--device", "cpu",
+          "--set", "early_stopping_patience=0"])
     out = capsys.readouterr().out
     assert "broken.jpg" in out and "1 skipped" in out
-    report = json.loads((tmp_path / "run" / "run_report.json").read_text())
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["data"]["skipped_count"] == 1
     assert report["data"]["skipped"][0]["path"].endswith("broken.jpg")
     assert [h["epoch"] for h in report["history"]] == [1, 2]
+
+
+def _tiny_config(tiny_dataset, output_dir, **changes) -> TrainConfig:
+    settings = {"dataset": tiny_dataset / "manifest.csv", "output_dir": output_dir, "input_size": 48, "epochs": 2,
+                "batch_size": 4, "val_fraction": 0.25, "test_fraction": 0.25, "device": "cpu",
+                "early_stopping_patience": 0, **changes}
+    return TrainConfig(**settings)
+
+
+def _without_timing(history):
+    return [{key: value for key, value in epoch.items() if key not in TIMING_KEYS} for epoch in history]
+
+
+def test_same_seed_same_data_gives_identical_metrics_on_cpu(tiny_dataset, tmp_path):
+    first = train(_tiny_config(tiny_dataset, tmp_path / "a"))
+    second = train(_tiny_config(tiny_dataset, tmp_path / "b"))
+    history = [json.loads(result.report_path.read_text())["history"] for result in (first, second)]
+    assert _without_timing(history[0]) == _without_timing(history[1])
+    assert first.final.metrics == second.final.metrics
+    other_seed = train(_tiny_config(tiny_dataset, tmp_path / "c", seed=1))
+    assert _without_timing(json.loads(other_seed.report_path.read_text())["history"]) != _without_timing(history[0])
+
+
+def test_manifest_with_subjects_is_split_by_subject(tiny_dataset, tmp_path):
+    result = train(_tiny_config(tiny_dataset, tmp_path / "run", epochs=1))
+    assert json.loads(result.report_path.read_text())["data"]["split"]["method"] == "subject"
+
+
+def test_bf16_autocast_path_trains_and_exports(tiny_dataset, tmp_path):
+    result = train(_tiny_config(tiny_dataset, tmp_path / "run", epochs=1, amp="bf16", calibration="isotonic"))
+    report = json.loads(result.report_path.read_text())
+    assert report["mixed_precision"] == "bf16" and report["calibration"]["method"] == "isotonic"
+    assert result.export.max_abs_diff <= 1e-4  # exported in fp32 whatever the training precision
+
+
+def test_skipped_gradients_leave_every_weight_untouched(tiny_dataset, tmp_path):
+    result = train(_tiny_config(tiny_dataset, tmp_path / "run", epochs=1, faults=("skip_grad:1.0",), weights="none"))
+    report = json.loads(result.report_path.read_text())
+    assert report["faults"]["optimizer_steps_taken"] == 0 and report["faults"]["optimizer_steps_skipped"] == 3
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state_dict"]
+    torch.manual_seed(0)  # training initialises with the run's seed right before building the model
+    initial = create_detector("resnet18").state_dict()
+    parameters = {name for name, _ in create_detector("resnet18").named_parameters()}
+    assert all(torch.equal(trained[name], initial[name]) for name in parameters)
+    buffers_changed = [name for name in initial if name.endswith("running_mean")
+                       and not torch.equal(trained[name], initial[name])]
+    assert buffers_changed  # batch-norm statistics did move, so the run really saw data
+
+
+def test_unknown_fault_stops_before_any_work(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="unknown fault 'bogus'"):
+        train(_tiny_config(tiny_dataset, tmp_path / "run", faults=("bogus",)))
+    assert not (tmp_path / "run").exists()
