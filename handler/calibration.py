@@ -37,6 +37,10 @@ class Calibration:
             (a monotone piecewise-linear map of the uncalibrated probability of fake).
         temperature: > 1 softens an over-confident model, < 1 sharpens an under-confident one;
             must stay 1.0 unless method is "temperature", so no setting is silently ignored.
+        fake_logit_offset: subtracted from the fake logit before the temperature (method "temperature"
+            only). Class-weighted training (weights w_real, w_fake) shifts that logit by
+            log(w_fake / w_real) on purpose; a temperature can scale but never un-shift, so the known
+            shift is removed first and only the scale is fitted.
         x: isotonic knots, uncalibrated probability of fake, strictly increasing, in [0, 1].
         y: calibrated probability of fake at each knot, non-decreasing (ranking is kept), in [0, 1].
             Between knots the map is linear; outside them it is clipped to the end values, which is
@@ -46,6 +50,7 @@ class Calibration:
 
     method: str = "none"
     temperature: float = 1.0
+    fake_logit_offset: float = 0.0
     x: tuple[float, ...] = ()
     y: tuple[float, ...] = ()
 
@@ -53,6 +58,7 @@ class Calibration:
         # Knots may arrive as numpy arrays (from a fit); tuples of plain floats keep the instance hashable,
         # comparable and JSON-ready.
         object.__setattr__(self, "temperature", _number("temperature", self.temperature))
+        object.__setattr__(self, "fake_logit_offset", _number("fake_logit_offset", self.fake_logit_offset))
         object.__setattr__(self, "x", _knots("x", self.x))
         object.__setattr__(self, "y", _knots("y", self.y))
         _validate(self)
@@ -76,7 +82,9 @@ class Calibration:
         if fake_index not in (0, 1):
             raise ValueError(f"fake_index must be 0 or 1, got {fake_index}")
         if self.method == "temperature":
-            return softmax(logits / self.temperature)
+            shifted = logits.copy()
+            shifted[:, fake_index] -= self.fake_logit_offset
+            return softmax(shifted / self.temperature)
         probabilities = softmax(logits)
         if self.method == "isotonic":
             fake = np.interp(probabilities[:, fake_index], self.x, self.y)
@@ -90,6 +98,7 @@ class Calibration:
             "schema_version": SCHEMA_VERSION,
             "method": self.method,
             "temperature": self.temperature,
+            "fake_logit_offset": self.fake_logit_offset,
             "x": list(self.x),
             "y": list(self.y),
         }
@@ -103,12 +112,13 @@ class Calibration:
         if version != SCHEMA_VERSION:
             raise ValueError(f"calibration schema_version {version!r} is not supported (expected {SCHEMA_VERSION}); "
                              f"re-export the model with this version of training/")
-        unknown = set(values) - {"schema_version", "method", "temperature", "x", "y"}
+        unknown = set(values) - {"schema_version", "method", "temperature", "fake_logit_offset", "x", "y"}
         if unknown:
             raise ValueError(f"calibration has unknown field(s) {sorted(unknown)}")
         return cls(
             method=values.get("method", "none"),
             temperature=values.get("temperature", 1.0),
+            fake_logit_offset=values.get("fake_logit_offset", 0.0),
             x=values.get("x", []),
             y=values.get("y", []),
         )
@@ -152,6 +162,11 @@ def _validate(calibration: Calibration) -> None:
         raise ValueError(f"calibration field 'temperature' must be a finite number > 0, got {temperature!r}")
     if method != "temperature" and temperature != 1.0:
         raise ValueError(f"calibration field 'temperature' must be 1.0 for method {method!r}, got {temperature}")
+    offset = calibration.fake_logit_offset
+    if not math.isfinite(offset):
+        raise ValueError(f"calibration field 'fake_logit_offset' must be finite, got {offset!r}")
+    if method != "temperature" and offset != 0.0:
+        raise ValueError(f"calibration field 'fake_logit_offset' must be 0 for method {method!r}, got {offset}")
     if method != "isotonic":
         if x or y:
             raise ValueError(f"calibration fields 'x' and 'y' must be empty for method {method!r}")

@@ -34,6 +34,25 @@ def _cpu_threads_per_worker(workers: int) -> int:
     return max(1, cores // max(1, workers))
 
 
+def load_calibration(model_dir: Path, metadata: ModelMetadata) -> Calibration:
+    """The model's calibration.json, applied by the same code training measured the calibrated metrics with.
+
+    Raises:
+        FileNotFoundError: training calibrated the model but the file is not in the .mar. Serving the raw
+            softmax against a threshold chosen on calibrated scores would be silently wrong, so the worker
+            refuses to start instead.
+
+    """
+    path = model_dir / CALIBRATION_FILENAME
+    if path.is_file():
+        return Calibration.load(path)
+    expected = metadata.training.get("calibration", "none")
+    if expected != "none":
+        raise FileNotFoundError(f"{CALIBRATION_FILENAME} is missing from the model archive, but the model was "
+                                f"trained with '{expected}' calibration; re-package the whole export folder")
+    return Calibration.none()
+
+
 class DeepfakeHandler(BaseHandler):
     """Scores a batch of images with the exported TorchScript detector.
 
@@ -59,9 +78,7 @@ class DeepfakeHandler(BaseHandler):
         if "max_image_pixels" in settings:
             preprocessing = replace(self.metadata.preprocessing, max_image_pixels=int(settings["max_image_pixels"]))
             self.metadata = replace(self.metadata, preprocessing=preprocessing)
-        calibration_file = model_dir / CALIBRATION_FILENAME
-        # The same Calibration code training used to measure the calibrated metrics, so served = reported.
-        self.calibration = Calibration.load(calibration_file) if calibration_file.is_file() else Calibration.none()
+        self.calibration = load_calibration(model_dir, self.metadata)
         self.policy = VerdictPolicy(
             threshold=float(settings.get("threshold", self.metadata.threshold)),
             borderline_band=tuple(settings.get("borderline_band", VerdictPolicy.borderline_band)),

@@ -25,7 +25,9 @@ class VerdictPolicy:
 
     Attributes:
         threshold: probability of fake at or above which the label is "fake".
-        borderline_band: confidences in [low, high) are flagged for a human to look at.
+        borderline_band: (low, high): a confidence below `high` is flagged for a human to look at. Below
+            `low` happens only when the threshold is not 0.5 (a "fake" called at p = 0.3), which is
+            even less certain, so it is flagged too.
 
     """
 
@@ -37,12 +39,13 @@ def verdict(probability_fake: float, policy: VerdictPolicy, calibrated: bool) ->
     """The prediction fields of one item.
 
     Confidence is the probability of the chosen label, so it is ≥ 0.5 only at the default
-    threshold; with another threshold a "fake" can carry a confidence below 0.5, which is what
-    the borderline flag is for.
+    threshold; with a validation-chosen threshold a "fake" can carry a confidence below 0.5.
+    Those are the closest calls of all, so the borderline flag covers every confidence under the
+    band's upper edge, not only the band itself.
     """
     is_fake = probability_fake >= policy.threshold
     confidence = probability_fake if is_fake else 1.0 - probability_fake
-    low, high = policy.borderline_band
+    _, high = policy.borderline_band
     return {
         "label": "fake" if is_fake else "real",
         "probability_fake": round(probability_fake, 6),
@@ -50,7 +53,7 @@ def verdict(probability_fake: float, policy: VerdictPolicy, calibrated: bool) ->
         "probabilities": {"real": round(1.0 - probability_fake, 6), "fake": round(probability_fake, 6)},
         "threshold": policy.threshold,
         "calibrated": calibrated,
-        "borderline": bool(low <= confidence < high),
+        "borderline": bool(confidence < high),
     }
 
 

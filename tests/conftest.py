@@ -5,6 +5,7 @@ Everything is built by the project's own commands into pytest's tmp folders; not
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,10 +75,12 @@ def handler_and_context(tiny_export: Path, tmp_path: Path):
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_export, model_dir)
 
-    def build(batch_size: int, remove_files: tuple[str, ...] = (), **handler_settings: Any
+    def build(batch_size: int, replace_files: dict[str, Any] | None = None, **handler_settings: Any
               ) -> tuple[DeepfakeHandler, Context]:
-        for name in remove_files:
+        for name, content in (replace_files or {}).items():  # None deletes the file, a dict writes it as JSON
             (model_dir / name).unlink()
+            if content is not None:
+                (model_dir / name).write_text(json.dumps(content))
         model_yaml = yaml.safe_load((REPO_ROOT / "config" / "model-config.yaml").read_text())
         model_yaml["handler"].update(handler_settings)
         manifest = {"model": {"modelName": "deepfake", "modelVersion": "7.1"}}

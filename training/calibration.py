@@ -11,6 +11,7 @@ column is "fake" in the model's class order.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -130,7 +131,7 @@ DEFAULT_CALIBRATOR = "temperature"
 
 
 def fit_calibration(logits: np.ndarray, labels: np.ndarray, method: str = DEFAULT_CALIBRATOR,
-                    fake_index: int = 1) -> Calibration:
+                    fake_index: int = 1, fake_logit_offset: float = 0.0) -> Calibration:
     """Fits the named calibration on validation logits.
 
     Args:
@@ -138,6 +139,8 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, method: str = DEFAUL
         labels: [N] 1 = fake, 0 = real.
         method: a key of CALIBRATORS.
         fake_index: column of "fake" in the logits.
+        fake_logit_offset: the known shift of the fake logit, log(w_fake / w_real) for class-weighted
+            training; "temperature" removes it before fitting T (isotonic absorbs any monotone shift).
 
     Raises:
         ValueError: unknown method or malformed inputs.
@@ -145,4 +148,9 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, method: str = DEFAUL
     """
     if method not in CALIBRATORS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {sorted(CALIBRATORS)}")
+    if method == "temperature" and fake_logit_offset != 0.0:
+        unshifted = np.array(logits, dtype=np.float64)
+        unshifted[:, fake_index] -= fake_logit_offset
+        fitted = fit_temperature(unshifted, labels, fake_index)
+        return dataclasses.replace(fitted, fake_logit_offset=float(fake_logit_offset))
     return CALIBRATORS[method].fit(logits, labels, fake_index)

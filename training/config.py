@@ -38,7 +38,7 @@ class TrainConfig:
         input_size: side of the square model input in pixels.
         epochs: maximum passes over the training split (early stopping may end sooner).
         batch_size: images per optimisation step and per process (DDP multiplies it by the world size).
-        learning_rate: peak AdamW learning rate, reached after warm-up, then cosine-annealed to ~0.
+        learning_rate: peak AdamW learning rate, reached after warm-up, then cosine-annealed to 1 % of it.
         weight_decay: AdamW decoupled weight decay.
         warmup_epochs: linear warm-up length; fractions allowed.
         grad_clip_norm: clip the global gradient norm to this (0 turns clipping off).
@@ -89,8 +89,20 @@ class TrainConfig:
     export_tolerance: float = 1e-4
 
     def __post_init__(self) -> None:
+        # Checked here, at start-up: a typo must not surface only after hours of training.
+        from training.calibration import CALIBRATORS
+        from training.metrics import THRESHOLD_RULES
+
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {sorted(AMP_MODES)}, got {self.amp!r}")
+        if self.calibration not in CALIBRATORS:
+            raise ValueError(f"calibration must be one of {sorted(CALIBRATORS)}, got {self.calibration!r}")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise ValueError(f"threshold_rule must be one of {sorted(THRESHOLD_RULES)}, got {self.threshold_rule!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold is a probability in [0, 1], got {self.threshold}")
+        if len(self.class_weights) != 2 or min(self.class_weights) <= 0:
+            raise ValueError(f"class_weights needs two positive numbers (real, fake), got {self.class_weights}")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
             raise ValueError("val_fraction and test_fraction must be in [0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
@@ -108,6 +120,8 @@ class TrainConfig:
         return values
 
 
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
 FIELD_NAMES = {f.name for f in dataclasses.fields(TrainConfig)}
 DEFAULT_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -127,7 +141,13 @@ def _coerce(name: str, value: Any) -> Any:
         return value if isinstance(value, AugmentConfig) else AugmentConfig.from_dict(dict(value or {}))
     default = DEFAULT_FIELDS[name].default
     if isinstance(default, bool):
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() not in TRUE_WORDS | FALSE_WORDS:
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return str(value).lower() in TRUE_WORDS
+    if isinstance(default, int) and (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
     if isinstance(default, (int, float, str)) and not isinstance(value, type(default)):
         return type(default)(value)
     return value

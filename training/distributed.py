@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,9 @@ def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.de
         device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # Rank 0 validates, calibrates and exports while the others wait in a collective: give a
+        # large validation set time instead of the 10-30 min default.
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return context, device
 
 
@@ -59,6 +64,21 @@ def broadcast_from_main(value: Any, context: DistributedContext) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def parameters_in_sync(model: torch.nn.Module, context: DistributedContext) -> bool:
+    """Whether every rank holds the same weights: what DDP's gradient all-reduce guarantees.
+
+    A cheap self-check recorded in the report; it fails if gradients were not averaged (e.g. a
+    model trained outside the DDP wrapper), since the ranks saw different data.
+    """
+    if not context.enabled:
+        return True
+    # On the parameters' own device: gloo gathers CPU tensors, nccl CUDA ones.
+    checksum = torch.stack([parameter.detach().double().sum() for parameter in model.parameters()])
+    gathered = [torch.zeros_like(checksum) for _ in range(context.world_size)]
+    dist.all_gather(gathered, checksum)
+    return all(torch.equal(other, gathered[0]) for other in gathered)
 
 
 def barrier(context: DistributedContext) -> None:

@@ -59,7 +59,7 @@ def parse_faults(specs: tuple[str, ...] | list[str]) -> FaultPlan:
             try:
                 amount = float(raw)
             except ValueError:
-                raise ValueError(f"fault {name!r} needs a value in [0, 1], e.g. {name}:0.2; got {spec!r}") from None
+                raise ValueError(f"fault {name!r} needs a value, e.g. {name}:0.2; got {spec!r}") from None
             if not 0.0 <= amount <= 1.0 and name != "input_noise":
                 raise ValueError(f"fault {name!r} takes a fraction in [0, 1], got {amount}")
             if amount < 0:

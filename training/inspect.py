@@ -280,6 +280,8 @@ def summarise_calibration(calibration: dict[str, Any]) -> dict[str, Any]:
     """Method and scalar settings; knot lists (isotonic "x"/"y") are reduced to their length."""
     summary = {key: value for key, value in calibration.items()
                if isinstance(value, str | int | float | bool) and key != "schema_version"}
+    if summary.get("fake_logit_offset") == 0:  # a no-op, shown only when training used class weights
+        del summary["fake_logit_offset"]
     summary.setdefault("method", None)
     if isinstance(calibration.get("x"), list):
         summary["knots"] = len(calibration["x"])

@@ -61,9 +61,11 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
     figure = _new_figure(10, 4)
     losses, scores = figure.subplots(1, 2)
     # Markers keep a one-epoch run visible (a single point draws no line).
-    losses.plot(epochs, _series(history, "train_loss"), marker="o", label="train")
-    losses.plot(epochs, _series(history, "loss"), marker="o", label="validation")
-    losses.set(title="Loss", xlabel="epoch", ylabel="log loss")
+    # Not the same quantity: training minimises class-weighted cross-entropy (on fault-injected labels,
+    # if any), validation reports plain log loss. Labelled as such, so nobody reads the gap as overfitting.
+    losses.plot(epochs, _series(history, "train_loss"), marker="o", label="train (class-weighted CE)")
+    losses.plot(epochs, _series(history, "loss"), marker="o", label="validation (log loss)")
+    losses.set(title="Loss", xlabel="epoch", ylabel="loss")
     losses.legend()
     scores.plot(epochs, _series(history, "roc_auc"), marker="o", label="ROC AUC")
     scores.plot(epochs, _series(history, "accuracy"), marker="o", label="accuracy")

@@ -6,9 +6,10 @@ for the numbers the report and the exported metrics.json state.
 
 from __future__ import annotations
 
+import math
 import platform
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,13 @@ class FinalEvaluation:
 def package_versions() -> dict[str, str]:
     """Versions that decide whether a run can be reproduced."""
     names = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "pillow", "scikit-learn")
-    return {"python": platform.python_version(), **{name: version(name) for name in names}}
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:  # e.g. opencv-python instead of the headless build: record, don't crash
+            versions[name] = None
+    return versions
 
 
 def _fake_probability(calibration: Calibration, logits: np.ndarray) -> np.ndarray:
@@ -67,16 +74,22 @@ def _fake_probability(calibration: Calibration, logits: np.ndarray) -> np.ndarra
 def finish_run(
     *, model: nn.Module, config: TrainConfig, preprocess: PreprocessConfig, split: DatasetSplit,
     scanned: ScannedDataset, history: list[dict[str, Any]], best_epoch: int, device: torch.device,
-    memory_format: torch.memory_format, precision: MixedPrecision, run_facts: dict[str, Any],
+    memory_format: torch.memory_format, run_facts: dict[str, Any],
 ) -> FinalEvaluation:
-    """Calibrates, thresholds, tests, exports and reports the best checkpoint (already loaded into `model`)."""
+    """Calibrates, thresholds, tests, exports and reports the best checkpoint (already loaded into `model`).
+
+    Logits come from the model in fp32 whatever the training precision: serving runs the fp32
+    TorchScript export, and calibration, threshold and test metrics must describe what is served.
+    """
     def logits_of(samples: list) -> tuple[np.ndarray, np.ndarray]:
         loader = DataLoader(FaceImageDataset(samples, preprocess), batch_size=config.batch_size * 2,
                             num_workers=config.num_workers)
-        return predict_logits(model, loader, device, memory_format, precision)
+        return predict_logits(model, loader, device, memory_format, MixedPrecision(None))
 
     val_labels, val_logits = logits_of(split.val)
-    calibration = fit_calibration(val_logits, val_labels, config.calibration, fake_index=FAKE_INDEX)
+    real_weight, fake_weight = config.class_weights
+    calibration = fit_calibration(val_logits, val_labels, config.calibration, fake_index=FAKE_INDEX,
+                                  fake_logit_offset=math.log(fake_weight / real_weight))
     val_calibrated = _fake_probability(calibration, val_logits)
     threshold = choose_threshold(val_labels, val_calibrated, config.threshold_rule, config.threshold)
 
@@ -92,8 +105,11 @@ def finish_run(
     quality = {
         "best_epoch": best_epoch,
         "validation": validation_metrics,
+        # Calibrated scores at the validation-chosen threshold (what is served), and the raw softmax at the
+        # fixed `threshold` setting (what the model would do without calibration and threshold choice).
         "evaluation": {"split": evaluated_on, "images": len(labels), "threshold": threshold,
-                       "calibrated": metrics, "uncalibrated": uncalibrated_metrics},
+                       "calibrated": metrics, "uncalibrated_threshold": config.threshold,
+                       "uncalibrated": uncalibrated_metrics},
         "calibration": {"method": calibration.method, "fitted_on": "validation",
                         "validation_ece_before": expected_calibration_error(val_labels, val_uncalibrated),
                         "validation_ece_after": expected_calibration_error(val_labels, val_calibrated),

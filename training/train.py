@@ -48,6 +48,7 @@ from training.distributed import (
     barrier,
     broadcast_from_main,
     init_distributed,
+    parameters_in_sync,
     shutdown_distributed,
 )
 from training.early_stopping import EarlyStopping
@@ -198,6 +199,9 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = create_detector(config.model_name, config.weights).to(device, memory_format=memory_format)
     preprocess = preprocessing_for(model, config.input_size)
+    # From here on each rank draws its own augmentation and noise; one rank's draws repeated N times is
+    # less augmentation, not more data.
+    torch.manual_seed(config.seed + context.rank)
     scanned = _scan(config, preprocess, context)
     split = split_dataset(scanned.samples, config.val_fraction, config.test_fraction, config.seed)
     assert_subject_disjoint(split)
@@ -229,17 +233,19 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
 
     history: list[dict[str, Any]] = []
     selection = EarlyStopping(config.early_stopping_patience)
+    stopped_early = False
     checkpoint_path = config.output_dir / CHECKPOINT_FILENAME
     for epoch in range(1, config.epochs + 1):
         if sampler is not None:
             sampler.set_epoch(epoch)
+        learning_rate = optimizer.param_groups[0]["lr"]  # at the epoch's start; it changes every step
         epoch_stats = train_one_epoch(loop, f"epoch {epoch}/{config.epochs}")
         stop = False
         if context.is_main:
             labels, logits = predict_logits(model, val_loader, device, memory_format, precision)
             probability_fake = torch.softmax(torch.from_numpy(logits), dim=1)[:, 1].numpy()
             metrics = {**epoch_stats, **classification_metrics(labels, probability_fake, config.threshold)}
-            history.append({"epoch": epoch, "learning_rate": optimizer.param_groups[0]["lr"], **metrics})
+            history.append({"epoch": epoch, "learning_rate": learning_rate, **metrics})
             improved = selection.update(epoch, metrics["roc_auc"])
             print(f"epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f} "
                   f"({metrics['train_images_per_s']:.0f} img/s), val loss {metrics['loss']:.4f}, "
@@ -252,7 +258,9 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
             if stop:
                 print(f"early stop: no better validation ROC AUC for {selection.stale_epochs} epochs")
         if broadcast_from_main(stop, context):
+            stopped_early = True
             break
+    in_sync = parameters_in_sync(model, context)
     barrier(context)
     if not context.is_main:
         return None
@@ -261,12 +269,13 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
     model.load_state_dict(checkpoint["state_dict"])
     final = finish_run(
         model=model, config=config, preprocess=preprocess, split=split, scanned=scanned, history=history,
-        best_epoch=selection.best_epoch, device=device, memory_format=memory_format, precision=precision,
+        best_epoch=selection.best_epoch, device=device, memory_format=memory_format,
         run_facts={
             "device": str(device), "mixed_precision": precision.name, "world_size": context.world_size,
             "faults": {"specs": list(faults.specs), **fault_effects, "optimizer_steps_skipped": loop.skipper.skipped,
                        "optimizer_steps_taken": loop.skipper.taken},
-            "early_stopped": len(history) < config.epochs, "seconds_training": round(time.time() - started, 1),
+            "early_stopped": stopped_early,
+            "ddp_parameters_in_sync": in_sync, "seconds_training": round(time.time() - started, 1),
         },
     )
     return TrainResult(selection.best_epoch, history[selection.best_epoch - 1], final, final.report_path)

@@ -46,13 +46,18 @@ def test_handler_serves_the_calibrated_probability_of_the_model(handler_and_cont
     assert abs(raw - calibrated) > 1e-4  # so the assertion above could tell the two apart
 
 
-def test_without_calibration_json_the_raw_softmax_is_served_and_flagged(handler_and_context, tiny_dataset):
+def test_uncalibrated_export_serves_the_raw_softmax_and_says_so(handler_and_context, tiny_dataset):
     data = (tiny_dataset / "real" / "real_00003.jpg").read_bytes()
-    handler, context = handler_and_context(1, remove_files=("calibration.json",))
+    handler, context = handler_and_context(1, replace_files={"calibration.json": Calibration.none().to_dict()})
     response = handler.handle([{"body": data}], context)[0]
     raw, _ = _raw_and_calibrated(handler, data)
     assert response["calibrated"] is False and response["model"]["calibration"] == "none"
     assert response["probability_fake"] == pytest.approx(raw, abs=1e-6)
+
+
+def test_a_calibrated_model_without_its_calibration_file_refuses_to_start(handler_and_context):
+    with pytest.raises(FileNotFoundError, match="calibration.json is missing .* trained with 'temperature'"):
+        handler_and_context(1, replace_files={"calibration.json": None})
 
 
 def test_settings_come_from_model_config(handler_and_context):

@@ -27,3 +27,14 @@ def test_error_items_carry_status_code_and_message(code, status):
     got_status, body = error_item(ImageDecodeError(code, "why"))
     assert got_status == status
     assert body == {"error": {"code": code, "message": "why", "status": status}}
+
+
+@pytest.mark.parametrize(("probability", "label", "borderline"), [
+    (0.25, "fake", True),   # called fake at a low threshold with 25 % confidence: the closest call of all
+    (0.19, "real", False),  # 81 % real
+    (0.45, "fake", True),
+    (0.95, "fake", False),
+])
+def test_borderline_at_a_validation_chosen_threshold(probability, label, borderline):
+    item = verdict(probability, VerdictPolicy(threshold=0.2), calibrated=True)
+    assert (item["label"], item["borderline"]) == (label, borderline)

@@ -140,3 +140,25 @@ def test_registry_and_bad_inputs():
         fit_calibration(logits[:, :1], labels)
     with pytest.raises(ValueError, match="labels must be 0"):
         fit_calibration(logits, labels * 2)
+
+
+def test_class_weight_shift_is_removed_before_the_temperature_is_fitted():
+    # A model trained with weights (1, 5) is calibrated in scale but shifted by log 5 towards fake.
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, size=4000)
+    margin = rng.normal(loc=np.where(labels == 1, 1.5, -1.5), scale=1.5)
+    true_probability = 1.0 / (1.0 + np.exp(-margin))
+    labels = (rng.random(4000) < true_probability).astype(int)  # labels drawn from the model's own probabilities
+    shift = np.log(5.0)
+    logits = np.stack([np.zeros_like(margin), margin + shift], axis=1)
+    fit, held_out = slice(0, 2000), slice(2000, 4000)
+
+    plain = fit_calibration(logits[fit], labels[fit], "temperature")
+    unshifted = fit_calibration(logits[fit], labels[fit], "temperature", fake_logit_offset=shift)
+    assert unshifted.fake_logit_offset == pytest.approx(shift) and unshifted.temperature == pytest.approx(1, abs=0.15)
+
+    def ece(calibration):
+        return expected_calibration_error(labels[held_out], calibration.probabilities(logits[held_out], 1)[:, 1])
+
+    assert ece(unshifted) < 0.05 and ece(unshifted) < 0.5 * ece(plain)  # a temperature alone cannot undo a shift
+    assert Calibration.from_dict(unshifted.to_dict()) == unshifted
