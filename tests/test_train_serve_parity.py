@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from handler.metadata import ModelMetadata
-from training.dataset import FaceImageDataset, scan_dataset, split_dataset
+from training.dataset import FaceImageDataset, scan_dataset
 from training.metrics import classification_metrics
+from training.splits import split_dataset
 
 
 def test_training_dataset_and_handler_build_identical_tensors(handler_and_context, tiny_dataset, tiny_export):

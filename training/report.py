@@ -23,13 +23,14 @@ from handler.forensics import PreprocessConfig
 from handler.metadata import ModelMetadata
 from training.calibration import fit_calibration
 from training.config import TrainConfig
-from training.dataset import CLASS_NAMES, DatasetSplit, FaceImageDataset, ScannedDataset
+from training.dataset import CLASS_NAMES, FaceImageDataset, ScannedDataset
 from training.evaluate import predict_logits
 from training.export import ExportResult, export_torchscript
 from training.jsonsafe import json_safe, write_json
 from training.metrics import choose_threshold, classification_metrics, expected_calibration_error
 from training.optim import MixedPrecision
 from training.plots import plot_confusion_matrix, plot_reliability, plot_roc, plot_training_curves
+from training.splits import DatasetSplit
 
 REPORT_FILENAME = "report.json"
 FAKE_INDEX = CLASS_NAMES.index("fake")

@@ -36,13 +36,7 @@ from tqdm import tqdm
 from handler.forensics import PreprocessConfig
 from training.augment import build_augmenter
 from training.config import AMP_MODES, TrainConfig, dotted_override, load_config, save_config
-from training.dataset import (
-    FaceImageDataset,
-    ScannedDataset,
-    assert_subject_disjoint,
-    scan_dataset,
-    split_dataset,
-)
+from training.dataset import FaceImageDataset, ScannedDataset, scan_dataset
 from training.distributed import (
     DistributedContext,
     barrier,
@@ -59,6 +53,7 @@ from training.metrics import classification_metrics
 from training.model import create_detector, pick_device
 from training.optim import MixedPrecision, build_optimizer, build_scheduler, resolve_mixed_precision
 from training.report import FinalEvaluation, finish_run
+from training.splits import assert_subject_disjoint, split_dataset
 
 CHECKPOINT_FILENAME = "checkpoint.pt"
 
