@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo test test-fast serve stop clean
+.PHONY: help setup demo test test-fast bench serve stop clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,6 +18,10 @@ test: setup  ## the whole test suite, end-to-end tests included
 
 test-fast: setup  ## the suite without the slow (minutes-long) tests
 	$(PYTHON) -m pytest -m "not slow"
+
+bench: setup  ## training throughput: real data pipeline vs bare loop (docs/BENCHMARKS.md)
+	$(PYTHON) -m benchmarks.train_throughput
+	$(PYTHON) -m benchmarks.train_throughput --model-name mobilenetv2_100
 
 serve: setup  ## serve model_store/deepfake.mar in the foreground (Ctrl-C or SIGTERM stops it)
 	$(PYTHON) -m scripts.serve start --foreground

@@ -249,7 +249,7 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
             if improved:
                 torch.save({"state_dict": model.state_dict(), "config": config.to_dict(), "epoch": epoch,
                             "metrics": metrics}, checkpoint_path)
-            stop = selection.should_stop
+            stop = selection.should_stop and epoch < config.epochs  # on the last epoch there is nothing to stop
             if stop:
                 print(f"early stop: no better validation ROC AUC for {selection.stale_epochs} epochs")
         if broadcast_from_main(stop, context):
