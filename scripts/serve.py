@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,9 +323,17 @@ def stop_on_signals() -> None:
         signal.signal(signum, _raise_keyboard_interrupt)
 
 
-def serve_until_signalled(server: TorchServe) -> None:
-    """Blocks until TorchServe exits or a stop signal arrives (see stop_on_signals), then stops the whole tree."""
+def serve_in_foreground(server: TorchServe, announce: Callable[[TorchServe], None]) -> None:
+    """Starts TorchServe, announces it, and blocks until it exits or a stop signal arrives; then stops the tree.
+
+    One try block covers start-up, the ready line and the wait, so a signal at any moment (even
+    while the ready line is being printed, which is when a client that waited for it may react)
+    ends in the same clean stop instead of an orphaned server.
+    """
+    stop_on_signals()
     try:
+        server.start()
+        announce(server)
         while server.is_running():
             time.sleep(1)  # waits on the process, not for readiness (which start() already checked)
     except KeyboardInterrupt as interrupt:
@@ -362,19 +371,21 @@ def main(argv: list[str] | None = None) -> None:
         if server.is_running():
             sys.exit(f"TorchServe from {args.run_dir} is already running (pid {server.pid_of_running()}); "
                      f"stop it first: python -m scripts.serve stop")
-        if args.foreground:
-            stop_on_signals()
+
+        def announce(started: TorchServe) -> None:
+            print(f"TorchServe ready in {started.ready_seconds:.1f} s (pid {started.pid}): "  # tests wait for this line
+                  f"inference {started.config.inference_url}, management {started.config.management_url}, "
+                  f"metrics {started.config.metrics_url}/metrics; logs in {args.run_dir / 'logs'}", flush=True)
+
         try:
-            server.start()
+            if args.foreground:
+                serve_in_foreground(server, announce)
+            else:
+                announce(server.start())
         except ServeError as error:
             sys.exit(f"serve: {error}")
-        except KeyboardInterrupt:  # start() has already stopped whatever it had started
+        except KeyboardInterrupt:  # background start-up interrupted: start() has stopped what it had started
             sys.exit("serve: interrupted during start-up; TorchServe stopped")
-        print(f"TorchServe ready in {server.ready_seconds:.1f} s (pid {server.pid}): "  # tests wait for this line
-              f"inference {server.config.inference_url}, management {server.config.management_url}, "
-              f"metrics {server.config.metrics_url}/metrics; logs in {args.run_dir / 'logs'}", flush=True)
-        if args.foreground:
-            serve_until_signalled(server)
         return
 
     server = TorchServe(_config_from_state(args.run_dir))
