@@ -114,9 +114,21 @@ def read_properties(path: Path) -> dict[str, str]:
     return values
 
 
+# Keys whose value is a file path; a relative one is resolved against the properties file's folder.
+PATH_KEYS = ("metrics_config",)
+
+
 def runtime_properties(config: ServeConfig) -> dict[str, str]:
-    """The base properties with this instance's listeners and absolute model store."""
+    """The base properties with this instance's listeners, absolute model store and absolute config paths.
+
+    TorchServe resolves relative paths against its working directory (the run dir), so paths
+    written next to the properties file (metrics.yaml, log4j2 config) are made absolute here.
+    """
     values = read_properties(config.properties)
+    base = config.properties.resolve().parent
+    for key in PATH_KEYS:
+        if key in values and not Path(values[key]).is_absolute():
+            values[key] = str(base / values[key])
     ports = config.ports
     values.update({
         "inference_address": f"http://127.0.0.1:{ports.inference}",

@@ -27,9 +27,27 @@ java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 
+# Prometheus (Debian package) is what the tests scrape TorchServe's metrics with.
+if ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing the Debian package prometheus (used by the tests)"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; } \
+      >/tmp/setup-prometheus.log 2>&1 || fail "apt-get install prometheus failed; see /tmp/setup-prometheus.log"
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing the Debian package prometheus (used by the tests)"
+    { sudo -n apt-get update -q && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      --no-install-recommends prometheus; } >/tmp/setup-prometheus.log 2>&1 ||
+      fail "apt-get install prometheus failed; see /tmp/setup-prometheus.log"
+  else
+    echo "setup: WARNING: no 'prometheus' binary; the Prometheus tests will fail. Install it:" >&2
+    echo "  Debian/Ubuntu: sudo apt-get install -y prometheus   (or put a prometheus binary on PATH)" >&2
+  fi
+fi
+
 wanted=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$wanted" ]; then
   echo "setup: .venv is up to date"
+  "$VENV/bin/python" -m scripts.grpc_stubs >/dev/null || fail "generating the gRPC stubs failed"
   exit 0
 fi
 
@@ -43,7 +61,8 @@ if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps 
   { grep -v "is ignored: it is neither a file nor a directory" || true; }; then
   fail "pip install --no-deps failed (see the messages above)"
 fi
-"$VENV/bin/python" -c 'import torch, torchvision, timm, cv2, ts, model_archiver' ||
+"$VENV/bin/python" -c 'import torch, torchvision, timm, cv2, ts, model_archiver, grpc, grpc_tools' ||
   fail "packages installed but do not import; delete .venv and run again"
+"$VENV/bin/python" -m scripts.grpc_stubs || fail "generating the gRPC stubs failed"
 echo "$wanted" > "$STAMP"
 echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
