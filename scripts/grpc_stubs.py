@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import importlib
 import importlib.metadata
+import os
 import sys
 import tempfile
 import zipfile
@@ -26,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STUB_DIR = REPO_ROOT / "build" / "grpc_stubs"
 PROTOS = ("inference.proto", "management.proto")
 STAMP_FILENAME = "jar.sha256"
+GENERATED_FILES = tuple(f"{Path(name).stem}{suffix}" for name in PROTOS for suffix in ("_pb2.py", "_pb2_grpc.py"))
 
 
 def server_jar() -> Path:
@@ -45,7 +47,10 @@ def _sha256(path: Path) -> str:
 def generate(out_dir: Path = DEFAULT_STUB_DIR, force: bool = False) -> Path:
     """Writes inference_pb2(_grpc).py and management_pb2(_grpc).py into out_dir; returns out_dir.
 
-    Skipped when out_dir already holds stubs generated from the same jar (by SHA-256).
+    Skipped when out_dir already holds stubs generated from the same jar (by SHA-256). protoc writes
+    into a scratch folder inside out_dir and each file is then renamed into place, stamp last, so a
+    process importing the stubs while another regenerates them (a CLI started by a test, say) never
+    reads a half-written module.
 
     Raises:
         RuntimeError: protoc reported an error.
@@ -56,23 +61,37 @@ def generate(out_dir: Path = DEFAULT_STUB_DIR, force: bool = False) -> Path:
     jar = server_jar()
     digest = _sha256(jar)
     stamp = out_dir / STAMP_FILENAME
-    expected = [out_dir / f"{Path(name).stem}{suffix}" for name in PROTOS for suffix in ("_pb2.py", "_pb2_grpc.py")]
-    if not force and stamp.is_file() and stamp.read_text().strip() == digest and all(p.is_file() for p in expected):
+    if not force and is_up_to_date(out_dir, digest):
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="ts-protos-") as tmp, zipfile.ZipFile(jar) as archive:
-        proto_dir = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix=".protoc-", dir=out_dir) as scratch, zipfile.ZipFile(jar) as archive:
+        proto_dir = Path(scratch) / "protos"
+        generated = Path(scratch) / "generated"
+        (proto_dir / "google" / "rpc").mkdir(parents=True)
+        generated.mkdir()
         for name in PROTOS:
             (proto_dir / name).write_bytes(archive.read(f"proto/{name}"))
-        (proto_dir / "google" / "rpc").mkdir(parents=True)
         (proto_dir / "google" / "rpc" / "status.proto").write_bytes(archive.read("google/rpc/status.proto"))
         well_known = Path(protoc.__file__).parent / "_proto"  # google/protobuf/empty.proto and friends
-        arguments = ["grpc_tools.protoc", f"-I{proto_dir}", f"-I{well_known}", f"--python_out={out_dir}",
-                     f"--grpc_python_out={out_dir}", *(str(proto_dir / name) for name in PROTOS)]
+        arguments = ["grpc_tools.protoc", f"-I{proto_dir}", f"-I{well_known}", f"--python_out={generated}",
+                     f"--grpc_python_out={generated}", *(str(proto_dir / name) for name in PROTOS)]
         if protoc.main(arguments) != 0:
             raise RuntimeError(f"grpc_tools.protoc failed on {', '.join(PROTOS)} from {jar}")
-    stamp.write_text(digest + "\n")
+        stamp.unlink(missing_ok=True)
+        for name in GENERATED_FILES:
+            os.replace(generated / name, out_dir / name)
+        (generated / STAMP_FILENAME).write_text(digest + "\n")
+        os.replace(generated / STAMP_FILENAME, stamp)
     return out_dir
+
+
+def is_up_to_date(out_dir: Path, digest: str) -> bool:
+    """True when out_dir holds every generated module and its stamp names the jar with this SHA-256."""
+    try:
+        stamped = (out_dir / STAMP_FILENAME).read_text().strip()
+    except FileNotFoundError:  # never generated, or another process is regenerating right now
+        return False
+    return stamped == digest and all((out_dir / name).is_file() for name in GENERATED_FILES)
 
 
 def load_stubs(out_dir: Path = DEFAULT_STUB_DIR) -> dict[str, ModuleType]:
