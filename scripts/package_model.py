@@ -7,6 +7,7 @@ repository does.
 
 Usage:
     python -m scripts.package_model --export-dir build/demo/run/export [--model-store model_store]
+    python -m scripts.package_model --export-dir ... --version 2.0 --archive-name deepfake-v2  # a second version
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class PackageConfig:
         model_name: the name TorchServe serves it under (/predictions/<model_name>).
         version: the model version reported by the management API and in every response.
         model_config: model-config.yaml with workers, batching and the handler: settings.
+        archive_name: file name of the .mar without its suffix (default: model_name). Two versions of
+            one model need two files in the same store, e.g. deepfake.mar (1.0) and deepfake-v2.mar (2.0);
+            the name served stays model_name, which the archive's MANIFEST carries.
 
     """
 
@@ -46,6 +50,12 @@ class PackageConfig:
     model_name: str = "deepfake"
     version: str = "1.0"
     model_config: Path = DEFAULT_MODEL_CONFIG
+    archive_name: str | None = None
+
+    @property
+    def archive_filename(self) -> str:
+        """The .mar's file name in the model store."""
+        return f"{self.archive_name or self.model_name}.mar"
 
 
 def package_model(config: PackageConfig) -> Path:
@@ -53,9 +63,14 @@ def package_model(config: PackageConfig) -> Path:
 
     Raises:
         FileNotFoundError: the export folder lacks the model or its metadata.
+        ValueError: the archive name is a path or ends in .mar.
         RuntimeError: torch-model-archiver failed (its output is in the message).
 
     """
+    archive_name = config.archive_name or config.model_name
+    if "/" in archive_name or "\\" in archive_name or archive_name.endswith(".mar") or archive_name in ("", ".", ".."):
+        raise ValueError(f"archive name {archive_name!r} must be a plain file name without folder or .mar suffix, "
+                         f"e.g. deepfake-v2")
     model_file = config.export_dir / MODEL_FILENAME
     metadata_file = config.export_dir / METADATA_FILENAME
     for required in (model_file, metadata_file, config.model_config):
@@ -63,30 +78,35 @@ def package_model(config: PackageConfig) -> Path:
             raise FileNotFoundError(f"{required} is missing; train and export first (python -m training.train ...)")
     config.model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="package-") as staging_name:
-        staging = Path(staging_name)
         # The archiver copies a folder's *contents* into the archive root, so stage a folder that
         # contains handler/ (a clean copy: no __pycache__) and the export's JSON files.
-        shutil.copytree(HANDLER_PACKAGE, staging / "handler", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        extra = Path(staging_name) / "extra"
+        shutil.copytree(HANDLER_PACKAGE, extra / "handler", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         for name in (METADATA_FILENAME, CALIBRATION_FILENAME, METRICS_FILENAME):
             if (config.export_dir / name).is_file():
-                shutil.copy2(config.export_dir / name, staging / name)
+                shutil.copy2(config.export_dir / name, extra / name)
+        # The archiver names the file after --model-name: build it apart, then move it to its archive name.
+        built = Path(staging_name) / "built"
+        built.mkdir()
         command = [
             sys.executable, "-m", "model_archiver.model_packaging",
             "--model-name", config.model_name,
             "--version", config.version,
             "--serialized-file", str(model_file),
             "--handler", str(HANDLER_ENTRY),
-            "--extra-files", str(staging),
+            "--extra-files", str(extra),
             "--config-file", str(config.model_config),
-            "--export-path", str(config.model_store),
+            "--export-path", str(built),
             "--archive-format", "default",
             "--force",
         ]
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        output = completed.stdout + completed.stderr
-        raise RuntimeError(f"torch-model-archiver failed ({completed.returncode}):\n{output}")
-    return config.model_store / f"{config.model_name}.mar"
+        if completed.returncode != 0:
+            output = completed.stdout + completed.stderr
+            raise RuntimeError(f"torch-model-archiver failed ({completed.returncode}):\n{output}")
+        archive = config.model_store / config.archive_filename
+        shutil.move(built / f"{config.model_name}.mar", archive)
+    return archive
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,9 +117,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-name", default=PackageConfig.model_name)
     parser.add_argument("--version", default=PackageConfig.version)
     parser.add_argument("--model-config", type=Path, default=PackageConfig.model_config)
+    parser.add_argument("--archive-name", default=None,
+                        help="file name of the .mar without .mar (default: the model name); e.g. deepfake-v2 for a "
+                             "second version of model deepfake in the same store")
     args = parser.parse_args(argv)
-    mar = package_model(PackageConfig(args.export_dir, args.model_store, args.model_name, args.version,
-                                      args.model_config))
+    try:
+        mar = package_model(PackageConfig(args.export_dir, args.model_store, args.model_name, args.version,
+                                          args.model_config, args.archive_name))
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        sys.exit(f"package_model: {error}")
     print(f"built {mar} ({mar.stat().st_size / 1e6:.1f} MB)")
 
 

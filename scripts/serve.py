@@ -5,9 +5,16 @@ predict, and exits 0 even when a port is taken. This tool works around all three
 "every worker of the model reports READY", a dead server is detected while waiting, and stop
 signals the whole process group and waits until every child is gone.
 
+Two configs: `dev` (config/config.properties: no token, loopback only, model API on) and
+`production` (config/production.properties: token auth, management and metrics on loopback,
+model API off, quiet access log). Either is rewritten into <run dir>/config.properties with this
+run's ports and absolute paths; that file is what TorchServe reads.
+
 Usage:
-    python -m scripts.serve start [--foreground] [--run-dir build/serve]
+    python -m scripts.serve start [--config dev|production | --properties FILE] [--foreground] [--free-ports]
+                                  [--model-store model_store] [--run-dir build/serve]
     python -m scripts.serve status [--run-dir build/serve]
+    python -m scripts.serve token [--kind inference|management] [--run-dir build/serve]
     python -m scripts.serve stop [--run-dir build/serve]
 """
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,9 +38,18 @@ import psutil
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PROPERTIES = REPO_ROOT / "config" / "config.properties"
+CONFIGS = {  # --config NAME → base properties file
+    "dev": REPO_ROOT / "config" / "config.properties",
+    "production": REPO_ROOT / "config" / "production.properties",
+}
+DEFAULT_PROPERTIES = CONFIGS["dev"]
 DEFAULT_RUN_DIR = REPO_ROOT / "build" / "serve"
 STATE_FILENAME = "server.json"
+RUNTIME_PROPERTIES_FILENAME = "config.properties"
+KEY_FILENAME = "key_file.json"  # TorchServe writes it into its working directory, the run dir
+MODEL_STORE_PLACEHOLDER = "{model_store}"  # in allowed_urls: replaced by the store's absolute path, as a regex
+LOG4J_OPTION = "-Dlog4j.configurationFile="
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class ServeError(RuntimeError):
@@ -74,8 +91,9 @@ class ServeConfig:
         run_dir: holds the runtime config, logs, TMPDIR (worker sockets, unpacked archives) and state.
         model_store: folder of .mar files.
         models: name → .mar file name, registered at start-up.
-        properties: base config.properties; listeners and model_store are overridden from here.
-        ports: where to listen (always on 127.0.0.1).
+        properties: base config.properties; each listener keeps its host there and gets its port from `ports`.
+        ports: where to listen. This tool itself talks to the server over 127.0.0.1, which reaches
+            listeners bound to 127.0.0.1 or 0.0.0.0.
         startup_timeout: seconds to wait for every worker to be READY.
 
     """
@@ -116,29 +134,152 @@ def read_properties(path: Path) -> dict[str, str]:
 
 # Keys whose value is a file path; a relative one is resolved against the properties file's folder.
 PATH_KEYS = ("metrics_config",)
+# HTTP listener → the Ports field giving its port; the host (and scheme) come from the properties file.
+HTTP_LISTENERS = {"inference_address": "inference", "management_address": "management", "metrics_address": "metrics"}
+# gRPC listener host key → (its port key, the Ports field).
+GRPC_LISTENERS = {"grpc_inference_address": ("grpc_inference_port", "grpc_inference"),
+                  "grpc_management_address": ("grpc_management_port", "grpc_management")}
+_ADDRESS = re.compile(r"^(?P<scheme>https?)://(?P<host>\[[^\]]+\]|[^:/\[\]]+)(?::\d+)?/?$")
+# Regex metacharacters a path may contain that a character class matches literally; [ ] \ ^ cannot be.
+_CLASS_ESCAPED = set(".+*?(){}|$")
+
+
+def with_port(address: str, port: int) -> str:
+    """`scheme://host[:port]` with its port replaced: the configured host (0.0.0.0, 127.0.0.1, ...) is kept.
+
+    Raises:
+        ServeError: the address is not of the form http(s)://host[:port].
+
+    """
+    match = _ADDRESS.match(address)
+    if match is None:
+        raise ServeError(f"listener address {address!r} is not of the form http(s)://host[:port]")
+    return f"{match['scheme']}://{match['host']}:{port}"
+
+
+def literal_regex(text: str) -> str:
+    """A Java regex matching `text` literally, without backslashes (a .properties file would eat them).
+
+    Raises:
+        ServeError: the text holds [ ] ^ or a backslash, which cannot be written that way.
+
+    """
+    unsupported = sorted(set(text) & set("[]\\^"))
+    if unsupported:
+        raise ServeError(f"path {text!r} contains {' '.join(unsupported)}: allowed_urls cannot match it; "
+                         f"move the model store to a plain path")
+    return "".join(f"[{char}]" if char in _CLASS_ESCAPED else char for char in text)
+
+
+def absolute_log4j_vmargs(vmargs: str, base: Path) -> str:
+    """The JVM options with a relative -Dlog4j.configurationFile= path made absolute against `base`.
+
+    Raises:
+        ServeError: the path contains whitespace (TorchServe splits vmargs on whitespace).
+
+    """
+    words = vmargs.split()
+    for index, word in enumerate(words):
+        if word.startswith(LOG4J_OPTION):
+            location = word.removeprefix(LOG4J_OPTION)
+            if ":" not in location and not Path(location).is_absolute():  # leave file:/classpath: URIs alone
+                resolved = str(base / location)
+                if any(char.isspace() for char in resolved):
+                    raise ServeError(f"log4j config path {resolved!r} contains whitespace, which TorchServe's vmargs "
+                                     f"cannot carry; move the checkout or give an absolute path without spaces")
+                words[index] = LOG4J_OPTION + resolved
+    return " ".join(words)
+
+
+def log4j_config_file(values: dict[str, str]) -> Path | None:
+    """The log4j2 file named in vmargs, if any (None for TorchServe's built-in config or a URI)."""
+    for word in values.get("vmargs", "").split():
+        if word.startswith(LOG4J_OPTION):
+            location = word.removeprefix(LOG4J_OPTION)
+            return None if ":" in location else Path(location)
+    return None
 
 
 def runtime_properties(config: ServeConfig) -> dict[str, str]:
-    """The base properties with this instance's listeners, absolute model store and absolute config paths.
+    """The base properties with this instance's ports, absolute model store and absolute config paths.
 
     TorchServe resolves relative paths against its working directory (the run dir), so paths
     written next to the properties file (metrics.yaml, log4j2 config) are made absolute here.
+    Each listener keeps the host its properties file gives (loopback in dev; 0.0.0.0 for the
+    production inference API) and takes its port from config.ports. `{model_store}` in
+    allowed_urls becomes this run's absolute model store, as a regex.
     """
     values = read_properties(config.properties)
     base = config.properties.resolve().parent
     for key in PATH_KEYS:
         if key in values and not Path(values[key]).is_absolute():
             values[key] = str(base / values[key])
-    ports = config.ports
-    values.update({
-        "inference_address": f"http://127.0.0.1:{ports.inference}",
-        "management_address": f"http://127.0.0.1:{ports.management}",
-        "metrics_address": f"http://127.0.0.1:{ports.metrics}",
-        "grpc_inference_port": str(ports.grpc_inference),
-        "grpc_management_port": str(ports.grpc_management),
-        "model_store": str(config.model_store.resolve()),
-    })
+    if "vmargs" in values:
+        values["vmargs"] = absolute_log4j_vmargs(values["vmargs"], base)
+    model_store = str(config.model_store.resolve())
+    if "allowed_urls" in values:
+        values["allowed_urls"] = values["allowed_urls"].replace(MODEL_STORE_PLACEHOLDER, literal_regex(model_store))
+    ports = asdict(config.ports)
+    for key, port_name in HTTP_LISTENERS.items():
+        values[key] = with_port(values.get(key, "http://127.0.0.1"), ports[port_name])
+    for key, (port_key, port_name) in GRPC_LISTENERS.items():
+        values.setdefault(key, "127.0.0.1")
+        values[port_key] = str(ports[port_name])
+    values["model_store"] = model_store
     return values
+
+
+def check_runtime_properties(values: dict[str, str], source: Path) -> None:
+    """Fails early on what TorchServe would misread or only report in its log.
+
+    Raises:
+        ServeError: a referenced file is missing, or a value holds a backslash (an escape character
+            in .properties files, so Java would read another value than the one written).
+
+    """
+    referenced = {key: Path(values[key]) for key in PATH_KEYS if key in values}
+    log4j = log4j_config_file(values)
+    if log4j is not None:
+        referenced["vmargs -Dlog4j.configurationFile"] = log4j
+    for key, path in referenced.items():
+        if not path.is_file():
+            raise ServeError(f"{source}: {key} names {path}, which does not exist")
+    for key, value in values.items():
+        if "\\" in value:
+            raise ServeError(f"{source}: {key} contains a backslash, which Java's .properties reader would "
+                             f"treat as an escape; write it without one")
+    leftover = values.get("allowed_urls", "")
+    if MODEL_STORE_PLACEHOLDER in leftover:
+        raise ServeError(f"{source}: allowed_urls still contains {MODEL_STORE_PLACEHOLDER}")
+
+
+def security_warnings(values: dict[str, str]) -> list[str]:
+    """What a person starting this config must know about who can call it (empty for the production config)."""
+    if values.get("disable_token_authorization", "false").lower() != "true":
+        return []
+    warnings = ["token authorization is DISABLED: anyone who can reach these ports can call every API"
+                + (", including model registration (enable_model_api=true)"
+                   if values.get("enable_model_api", "false").lower() == "true" else "")
+                + ". Development only: use --config production to deploy."]
+    exposed = [key for key in HTTP_LISTENERS if _host(values[key]) not in LOOPBACK_HOSTS]
+    exposed += [key for key in GRPC_LISTENERS if values.get(key, "127.0.0.1") not in LOOPBACK_HOSTS]
+    if exposed:
+        warnings.append(f"and {', '.join(exposed)} listen beyond this machine: other hosts can call them "
+                        f"without a token")
+    return warnings
+
+
+def _host(address: str) -> str:
+    match = _ADDRESS.match(address)
+    return match["host"] if match else address
+
+
+def listener_summary(values: dict[str, str]) -> str:
+    """One line naming where each API listens, from a runtime config."""
+    grpc = [f"gRPC {key.split('_')[1]} {values.get(key, '127.0.0.1')}:{values.get(port_key, '?')}"
+            for key, (port_key, _) in GRPC_LISTENERS.items()]
+    http = [f"{key.removesuffix('_address')} {values.get(key, '?')}" for key in HTTP_LISTENERS]
+    return ", ".join(http + grpc)
 
 
 def port_in_use(port: int) -> bool:
@@ -148,13 +289,24 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def auth_headers(run_dir: Path) -> dict[str, str]:
-    """Authorization header for the management API when token auth is on (key_file.json in run_dir)."""
-    key_file = run_dir / "key_file.json"
+def read_keys(run_dir: Path) -> dict[str, dict[str, str]]:
+    """The keys TorchServe wrote to run_dir/key_file.json ({} when token auth is off or it is not running).
+
+    Shape: {"management": {"key", "expiration time"}, "inference": {...}, "API": {"key"}}.
+    """
+    key_file = run_dir / KEY_FILENAME
     if not key_file.is_file():
         return {}
-    keys = json.loads(key_file.read_text())
-    return {"Authorization": f"Bearer {keys['management']['key']}"}
+    try:
+        return json.loads(key_file.read_text())
+    except json.JSONDecodeError:  # caught while TorchServe is still writing it
+        return {}
+
+
+def auth_headers(run_dir: Path, kind: str = "management") -> dict[str, str]:
+    """Authorization header for one API ("management" or "inference") when token auth is on."""
+    key = read_keys(run_dir).get(kind, {}).get("key")
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def model_workers(config: ServeConfig, model: str) -> list[dict[str, Any]]:
@@ -217,8 +369,13 @@ class TorchServe:
         logs_dir = run_dir / "logs"
         for folder in (tmp_dir, logs_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        properties_file = run_dir / "config.properties"
-        properties_file.write_text("".join(f"{k}={v}\n" for k, v in runtime_properties(config).items()))
+        properties_file = run_dir / RUNTIME_PROPERTIES_FILENAME
+        values = runtime_properties(config)
+        check_runtime_properties(values, config.properties)
+        properties_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        if read_properties(properties_file) != values:  # a value with a newline or a leading # would not survive
+            raise ServeError(f"{properties_file} does not read back as written; check {config.properties}")
+        (run_dir / KEY_FILENAME).unlink(missing_ok=True)  # a previous run's keys: the readiness poll must not use them
         env = {**os.environ, "TMPDIR": str(tmp_dir), "TEMP": str(tmp_dir), "LOG_LOCATION": str(logs_dir),
                "METRICS_LOCATION": str(logs_dir)}
         # Workers must run this interpreter (the venv's torch), whatever `python` is on PATH.
@@ -233,8 +390,10 @@ class TorchServe:
             process = subprocess.Popen(command, cwd=run_dir, env=env, stdout=output, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = process.pid
-        self.state_file.write_text(json.dumps({"pid": process.pid, "ports": asdict(config.ports),
-                                               "models": config.models, "started_at": time.time()}, indent=2))
+        self.state_file.write_text(json.dumps({
+            "pid": process.pid, "ports": asdict(config.ports), "models": config.models, "started_at": time.time(),
+            "properties": str(config.properties.resolve()), "model_store": str(config.model_store.resolve()),
+        }, indent=2))
         try:
             self._wait_ready(process)
         except BaseException:
@@ -297,6 +456,8 @@ class TorchServe:
 
         """
         root = self._recorded_process()
+        # Keys of a stopped server open nothing, and a later run must not mistake them for its own.
+        (self.config.run_dir / KEY_FILENAME).unlink(missing_ok=True)
         if root is None:
             self.state_file.unlink(missing_ok=True)
             self.pid = None
@@ -362,38 +523,139 @@ def _config_from_state(run_dir: Path) -> ServeConfig:
     if not state_file.is_file():
         return ServeConfig(run_dir=run_dir)
     state = json.loads(state_file.read_text())
-    return ServeConfig(run_dir=run_dir, ports=Ports(**state["ports"]), models=state["models"])
+    recorded = {key: Path(state[key]) for key in ("properties", "model_store") if key in state}
+    return ServeConfig(run_dir=run_dir, ports=Ports(**state["ports"]), models=state["models"], **recorded)
+
+
+def registered_models(config: ServeConfig) -> list[dict[str, Any]]:
+    """Every registered version of every model, with `default` marked, from the management API.
+
+    Raises:
+        requests.RequestException: the management API cannot be reached.
+
+    """
+    headers = auth_headers(config.run_dir)
+
+    def get(path: str) -> Any:
+        response = requests.get(f"{config.management_url}{path}", headers=headers, timeout=5)
+        response.raise_for_status()  # e.g. 400 once the management key has expired
+        return response.json()
+
+    versions = []
+    for entry in get("/models?limit=100").get("models", []):
+        name = entry["modelName"]
+        default = get(f"/models/{name}")[0]["modelVersion"]
+        versions += [{**description, "default": description["modelVersion"] == default}
+                     for description in get(f"/models/{name}/all")]
+    return versions
+
+
+def status_lines(server: TorchServe) -> tuple[list[str], bool]:
+    """What `status` prints (running/ready, config, listeners, models and workers) and whether it is ready."""
+    config = server.config
+    running = server.is_running()
+    ready = running and is_ready(config)
+    lines = [f"running: {running}, ready: {ready}" + (f" (pid {server.pid_of_running()})" if running else "")]
+    if not running:
+        return [*lines, f"no TorchServe running from {config.run_dir}"], False
+    runtime_file = config.run_dir / RUNTIME_PROPERTIES_FILENAME
+    values = read_properties(runtime_file) if runtime_file.is_file() else {}
+    auth = values.get("disable_token_authorization", "false").lower() != "true"
+    lines += [
+        f"config: {config.properties} (as run: {runtime_file})",
+        f"token authorization: {'on, keys in ' + str(config.run_dir / KEY_FILENAME) if auth else 'OFF'}; "
+        f"model API: {'on' if values.get('enable_model_api', 'false').lower() == 'true' else 'off'}",
+        f"listeners: {listener_summary(values)}",
+        f"model store: {values.get('model_store', config.model_store)}",
+    ]
+    try:
+        versions = registered_models(config)
+    except requests.RequestException as error:
+        return [*lines, f"models: management API not answering ({error})"], ready
+    for version in versions:
+        workers = version.get("workers", [])
+        counts = ", ".join(f"{sum(w['status'] == status for w in workers)} {status}"
+                           for status in sorted({w["status"] for w in workers})) or "none"
+        lines.append(f"model {version['modelName']} {version['modelVersion']}"
+                     f"{' (default)' if version['default'] else ''}: {len(workers)} worker(s): {counts}")
+    return lines, ready
+
+
+def token_lines(run_dir: Path, config: ServeConfig, kind: str | None) -> list[str]:
+    """What `token` prints: one key (for $(...)) or every key with its expiry and how to use it.
+
+    Raises:
+        ServeError: there is no key file (server stopped, or token authorization disabled).
+
+    """
+    keys = read_keys(run_dir)
+    if not keys:
+        raise ServeError(f"no {KEY_FILENAME} in {run_dir}: TorchServe is not running from there, or runs with "
+                         f"token authorization disabled (the dev config)")
+    if kind is not None:
+        return [keys[kind]["key"]]
+    lines = [f"{name:<10} {keys[name]['key']}  (expires {keys[name].get('expiration time', '?')})"
+             for name in ("inference", "management") if name in keys]
+    if "API" in keys:
+        lines.append(f"{'API':<10} {keys['API']['key']}  (renews the others: curl -H 'Authorization: Bearer "
+                     f"{keys['API']['key']}' '{config.management_url}/token?type=inference')")
+    lines.append(f"e.g. curl -H 'Authorization: Bearer {keys['inference']['key']}' -T face.jpg "
+                 f"{config.inference_url}/predictions/deepfake")
+    return lines
+
+
+def _announce(server: TorchServe) -> None:
+    config = server.config
+    lines = [f"TorchServe ready in {server.ready_seconds:.1f} s (pid {server.pid}): "  # tests wait for this line
+             f"inference {config.inference_url}, management {config.management_url}, "
+             f"metrics {config.metrics_url}/metrics; logs in {config.run_dir / 'logs'}"]
+    if read_keys(config.run_dir):
+        lines.append(f"token authorization on: keys in {config.run_dir / KEY_FILENAME} "
+                     f"(python -m scripts.serve token --run-dir {config.run_dir})")
+    print("\n".join(lines), flush=True)  # one write: a stop signal right after it cannot cut the second line off
+
+
+def _warn(config: ServeConfig) -> None:
+    """Prints the config's security warnings to stderr before starting, where no stop signal can lose them."""
+    for warning in security_warnings(runtime_properties(config)):
+        print(f"WARNING ({config.properties.name}): {warning}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["start", "stop", "status"])
-    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=", ".join(f"--config {name}: {path}" for name, path in CONFIGS.items()))
+    parser.add_argument("action", choices=["start", "stop", "status", "token"],
+                        help="start a server; stop it; status: running/ready, config, ports, models, workers; "
+                             "token: print the API keys of a token-auth server")
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
+                        help="runtime config, logs, key_file.json, state (default: %(default)s)")
     parser.add_argument("--model-store", type=Path, default=ServeConfig.model_store)
-    parser.add_argument("--properties", type=Path, default=DEFAULT_PROPERTIES)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--config", choices=sorted(CONFIGS), help="named config (default: dev)")
+    which.add_argument("--properties", type=Path, help="a config.properties of your own")
     parser.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C or SIGTERM stops the server")
     parser.add_argument("--free-ports", action="store_true", help="listen on free ports instead of 8080-8082/7070-7071")
+    parser.add_argument("--kind", choices=["inference", "management"],
+                        help="token: print only this key (for scripts: TOKEN=$(... token --kind inference))")
     args = parser.parse_args(argv)
 
     if args.action == "start":
+        properties = args.properties or CONFIGS[args.config or "dev"]
+        if not properties.is_file():
+            sys.exit(f"serve: {properties} does not exist")
         ports = Ports.free() if args.free_ports else Ports()
-        server = TorchServe(ServeConfig(run_dir=args.run_dir, model_store=args.model_store, properties=args.properties,
+        server = TorchServe(ServeConfig(run_dir=args.run_dir, model_store=args.model_store, properties=properties,
                                         ports=ports))
         if server.is_running():
             sys.exit(f"TorchServe from {args.run_dir} is already running (pid {server.pid_of_running()}); "
                      f"stop it first: python -m scripts.serve stop")
-
-        def announce(started: TorchServe) -> None:
-            print(f"TorchServe ready in {started.ready_seconds:.1f} s (pid {started.pid}): "  # tests wait for this line
-                  f"inference {started.config.inference_url}, management {started.config.management_url}, "
-                  f"metrics {started.config.metrics_url}/metrics; logs in {args.run_dir / 'logs'}", flush=True)
-
         try:
+            _warn(server.config)
             if args.foreground:
-                serve_in_foreground(server, announce)
+                serve_in_foreground(server, _announce)
             else:
-                announce(server.start())
+                _announce(server.start())
         except ServeError as error:
             sys.exit(f"serve: {error}")
         except KeyboardInterrupt:  # background start-up interrupted: start() has stopped what it had started
@@ -402,10 +664,15 @@ def main(argv: list[str] | None = None) -> None:
 
     server = TorchServe(_config_from_state(args.run_dir))
     if args.action == "status":
-        running = server.is_running()
-        ready = running and is_ready(server.config)
-        print(f"running: {running}, ready: {ready}")
+        lines, ready = status_lines(server)
+        print("\n".join(lines))
         sys.exit(0 if ready else 1)
+    if args.action == "token":
+        try:
+            print("\n".join(token_lines(args.run_dir, server.config, args.kind)))
+        except ServeError as error:
+            sys.exit(f"serve: {error}")
+        return
     ended = server.stop()
     print(f"stopped TorchServe ({ended} processes ended)" if ended else f"no TorchServe running from {args.run_dir}")
 

@@ -1,8 +1,9 @@
-"""End to end: a real TorchServe started by scripts/serve.py serves the built .mar over HTTP."""
+"""scripts/serve.py: a real TorchServe it starts serves the built .mar over HTTP; its runtime config rules."""
 
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,11 +19,28 @@ from handler.calibration import Calibration
 from handler.forensics import model_input_from_bytes
 from handler.metadata import ModelMetadata
 from handler.torchscript import load_torchscript
-from scripts.serve import Ports, ServeConfig, ServeError, TorchServe, model_workers, read_properties
+from scripts.serve import (
+    CONFIGS,
+    Ports,
+    ServeConfig,
+    ServeError,
+    TorchServe,
+    absolute_log4j_vmargs,
+    check_runtime_properties,
+    literal_regex,
+    model_workers,
+    read_properties,
+    runtime_properties,
+    security_warnings,
+    with_port,
+)
 from tests.conftest import BATCH_MODEL, BATCH_MODEL_SIZE
 
-pytestmark = pytest.mark.e2e
+e2e = pytest.mark.e2e  # tests that start a server; the rest check the runtime config rules without one
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DEV_WARNING = ("WARNING (config.properties): token authorization is DISABLED: anyone who can reach these ports can "
+               "call every API, including model registration (enable_model_api=true). Development only: use "
+               "--config production to deploy.")
 
 
 def predict(server: TorchServe, data: bytes, model: str = "deepfake", **kwargs) -> requests.Response:
@@ -33,6 +51,7 @@ def worker_identities(server: TorchServe, model: str) -> list[tuple]:
     return sorted((w["id"], w["pid"], w["startTime"]) for w in model_workers(server.config, model))
 
 
+@e2e
 def test_ready_means_every_worker_ready_and_isolated_run_dir(torchserve):
     workers = model_workers(torchserve.config, "deepfake")
     assert workers and all(w["status"] == "READY" for w in workers)
@@ -41,6 +60,7 @@ def test_ready_means_every_worker_ready_and_isolated_run_dir(torchserve):
     assert any((run_dir / "tmp").iterdir())  # TMPDIR was the per-run folder
 
 
+@e2e
 def test_real_and_fake_files_get_verdicts_equal_to_in_process_scores(torchserve, tiny_dataset, tiny_export):
     metadata = ModelMetadata.load(tiny_export / "metadata.json")
     model = load_torchscript(tiny_export / "model.torchscript.pt", torch.device("cpu"))
@@ -60,6 +80,7 @@ def test_real_and_fake_files_get_verdicts_equal_to_in_process_scores(torchserve,
         assert body["label"] == ("fake" if expected >= metadata.threshold else "real")
 
 
+@e2e
 def test_multipart_and_json_base64_uploads(torchserve, tiny_dataset):
     data = (tiny_dataset / "real" / "real_00002.jpg").read_bytes()
     raw = predict(torchserve, data).json()["probability_fake"]
@@ -71,6 +92,7 @@ def test_multipart_and_json_base64_uploads(torchserve, tiny_dataset):
     assert multipart.json()["probability_fake"] == as_json.json()["probability_fake"] == raw
 
 
+@e2e
 def test_bad_items_in_a_batch_get_their_own_errors_and_the_rest_succeed(torchserve, tiny_dataset):
     good = [(tiny_dataset / "real" / f"real_{i:05d}.jpg").read_bytes() for i in range(3)]
     truncated = good[0][: len(good[0]) // 3]
@@ -97,6 +119,7 @@ def test_bad_items_in_a_batch_get_their_own_errors_and_the_rest_succeed(torchser
     assert worker_identities(torchserve, BATCH_MODEL) == before  # no worker died or restarted
 
 
+@e2e
 def test_prometheus_metrics_endpoint_counts_requests(torchserve, tiny_dataset):
     predict(torchserve, (tiny_dataset / "real" / "real_00003.jpg").read_bytes())
     text = requests.get(f"{torchserve.config.metrics_url}/metrics", timeout=10).text
@@ -105,14 +128,21 @@ def test_prometheus_metrics_endpoint_counts_requests(torchserve, tiny_dataset):
     assert counts and sum(counts) >= 1
 
 
+@e2e
 def test_runtime_config_binds_loopback_with_the_chosen_ports(torchserve):
     properties = read_properties(torchserve.config.run_dir / "config.properties")
     ports = torchserve.config.ports
     assert properties["inference_address"] == f"http://127.0.0.1:{ports.inference}"
     assert properties["grpc_inference_port"] == str(ports.grpc_inference)
+    assert properties["grpc_inference_address"] == properties["grpc_management_address"] == "127.0.0.1"
     assert properties["metrics_mode"] == "prometheus"
+    assert properties["disable_token_authorization"] == "true" and properties["enable_model_api"] == "true"
+    store = str(torchserve.config.model_store.resolve())
+    assert properties["allowed_urls"] == f"file://{literal_regex(store)}/[^/]+[.]mar"
+    assert Path(properties["metrics_config"]) == REPO_ROOT / "config" / "metrics.yaml"
 
 
+@e2e
 def test_stop_ends_every_process_and_a_taken_port_fails_fast(model_store, tmp_path):
     config = ServeConfig(run_dir=tmp_path / "serve", model_store=model_store, ports=Ports.free())
     server = TorchServe(config).start()
@@ -140,21 +170,22 @@ def test_stale_state_file_never_signals_a_foreign_process(tmp_path):
     assert not (tmp_path / "server.json").exists()
 
 
+@e2e
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_foreground_cli_stops_the_whole_tree_on_sigterm_and_ctrl_c(model_store, tmp_path, signum):
     run_dir = tmp_path / "serve"
     command = [sys.executable, "-m", "scripts.serve", "start", "--foreground", "--free-ports",
                "--run-dir", str(run_dir), "--model-store", str(model_store)]
-    cli = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    cli = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)
     tree: list[psutil.Process] = []
     try:
         first_line = cli.stdout.readline()  # printed once every worker is READY
-        assert first_line.startswith("TorchServe ready"), first_line + cli.stdout.read()
+        assert first_line.startswith("TorchServe ready"), first_line + cli.stdout.read() + cli.stderr.read()
         server_pid = json.loads((run_dir / "server.json").read_text())["pid"]
         tree = [psutil.Process(server_pid), *psutil.Process(server_pid).children(recursive=True)]
         cli.send_signal(signum)
-        output, _ = cli.communicate(timeout=60)
+        output, errors = cli.communicate(timeout=60)
         alive_after = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     finally:
         for process in [cli, *tree]:  # a failing run must not leave a server behind for the next test
@@ -164,4 +195,94 @@ def test_foreground_cli_stops_the_whole_tree_on_sigterm_and_ctrl_c(model_store, 
                 pass
     assert cli.returncode == 0, output
     assert f"stopped TorchServe ({len(tree)} processes ended)" in output
+    assert errors == DEV_WARNING + "\n"  # printed before start-up: the dev config says what it is
     assert alive_after == []
+
+
+def serve_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scripts.serve", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@e2e
+def test_status_reports_config_listeners_models_and_workers(torchserve):
+    status = serve_cli("status", "--run-dir", str(torchserve.config.run_dir))
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = status.stdout.splitlines()
+    ports = torchserve.config.ports
+    assert lines[0] == f"running: True, ready: True (pid {torchserve.pid})"
+    assert lines[1] == f"config: {CONFIGS['dev']} (as run: {torchserve.config.run_dir / 'config.properties'})"
+    assert lines[2] == "token authorization: OFF; model API: on"
+    assert lines[3].startswith(f"listeners: inference http://127.0.0.1:{ports.inference}, management "
+                               f"http://127.0.0.1:{ports.management}, metrics http://127.0.0.1:{ports.metrics}")
+    assert "model deepfake 1.0 (default): 1 worker(s): 1 READY" in lines
+    assert any(line.startswith(f"model {BATCH_MODEL} 1.0 (default): ") for line in lines)
+
+
+def test_status_of_an_empty_run_dir_says_so_and_exits_1(tmp_path):
+    status = serve_cli("status", "--run-dir", str(tmp_path))
+    assert (status.returncode, status.stdout) == (1, f"running: False, ready: False\nno TorchServe running from "
+                                                     f"{tmp_path}\n")
+    token = serve_cli("token", "--run-dir", str(tmp_path))
+    assert token.returncode == 1 and token.stderr.startswith(f"serve: no key_file.json in {tmp_path}")
+
+
+def test_production_config_keeps_listener_hosts_and_takes_ports_and_absolute_paths(tmp_path):
+    ports = Ports(1001, 1002, 1003, 1004, 1005)
+    values = runtime_properties(ServeConfig(run_dir=tmp_path, model_store=tmp_path / "my.store",
+                                            properties=CONFIGS["production"], ports=ports))
+    assert values["inference_address"] == "http://0.0.0.0:1001"
+    assert (values["management_address"], values["metrics_address"]) == ("http://127.0.0.1:1002", "http://127.0.0.1:1003")
+    assert (values["grpc_inference_address"], values["grpc_inference_port"]) == ("0.0.0.0", "1004")
+    assert (values["grpc_management_address"], values["grpc_management_port"]) == ("127.0.0.1", "1005")
+    assert values["allowed_urls"] == f"file://{tmp_path}/my[.]store/[^/]+[.]mar"
+    assert f"-Dlog4j.configurationFile={REPO_ROOT / 'config' / 'log4j2-production.xml'}" in values["vmargs"].split()
+    check_runtime_properties(values, CONFIGS["production"])  # every file it names exists
+    assert security_warnings(values) == []
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("http://0.0.0.0:8080", "http://0.0.0.0:9"), ("https://127.0.0.1", "https://127.0.0.1:9"),
+    ("http://[::]:8080/", "http://[::]:9"), ("http://my-host.internal:1", "http://my-host.internal:9"),
+])
+def test_with_port_keeps_scheme_and_host(address, expected):
+    assert with_port(address, 9) == expected
+
+
+def test_with_port_refuses_what_is_not_an_address():
+    with pytest.raises(ServeError, match="not of the form"):
+        with_port("0.0.0.0:8080", 9)
+
+
+def test_literal_regex_matches_the_path_and_nothing_else():
+    path = "/srv/models (v1.2)+x$/store"
+    pattern = re.compile(literal_regex(path))
+    assert pattern.fullmatch(path) and "\\" not in literal_regex(path)
+    assert not pattern.fullmatch("/srv/models (v1x2)+x$/store") and not pattern.fullmatch("/srv/modelss (v1.2)x/store")
+    with pytest.raises(ServeError, match="plain path"):
+        literal_regex("/srv/[weird]")
+
+
+def test_log4j_path_in_vmargs_is_made_absolute_and_must_exist(tmp_path):
+    vmargs = "-Xmx1g -Dlog4j.configurationFile=log4j2.xml -Dfoo=bar"
+    absolute = absolute_log4j_vmargs(vmargs, tmp_path)
+    assert absolute == f"-Xmx1g -Dlog4j.configurationFile={tmp_path}/log4j2.xml -Dfoo=bar"
+    uri = "-Dlog4j.configurationFile=file:///x.xml"
+    assert absolute_log4j_vmargs(uri, tmp_path) == uri
+    with pytest.raises(ServeError, match="log4j.configurationFile names .*log4j2.xml, which does not exist"):
+        check_runtime_properties({"vmargs": absolute}, tmp_path / "x.properties")
+    with pytest.raises(ServeError, match="backslash"):
+        check_runtime_properties({"allowed_urls": "file://a\\.mar"}, tmp_path / "x.properties")
+
+
+def test_dev_config_warns_and_louder_when_exposed():
+    dev = {"disable_token_authorization": "true", "enable_model_api": "true",
+           "inference_address": "http://127.0.0.1:1", "management_address": "http://127.0.0.1:2",
+           "metrics_address": "http://127.0.0.1:3", "grpc_inference_address": "127.0.0.1",
+           "grpc_management_address": "127.0.0.1"}
+    [warning] = security_warnings(dev)
+    assert warning.startswith("token authorization is DISABLED") and "model registration" in warning
+    exposed = security_warnings({**dev, "management_address": "http://0.0.0.0:2", "grpc_inference_address": "::"})
+    assert exposed[1] == ("and management_address, grpc_inference_address listen beyond this machine: other hosts "
+                          "can call them without a token")
+    assert security_warnings({**dev, "disable_token_authorization": "false"}) == []
