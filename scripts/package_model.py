@@ -13,6 +13,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -100,7 +101,12 @@ def package_model(config: PackageConfig) -> Path:
             "--archive-format", "default",
             "--force",
         ]
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        # The archiver stages its files in $TMPDIR/<model name>: a private TMPDIR keeps two packagings of
+        # the same model name (parallel test sessions, CI jobs) from deleting each other's files.
+        private_tmp = Path(staging_name) / "tmp"
+        private_tmp.mkdir()
+        env = {**os.environ, "TMPDIR": str(private_tmp), "TEMP": str(private_tmp), "TMP": str(private_tmp)}
+        completed = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         if completed.returncode != 0:
             output = completed.stdout + completed.stderr
             raise RuntimeError(f"torch-model-archiver failed ({completed.returncode}):\n{output}")
