@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo test test-fast bench serve stop clean
+.PHONY: help setup demo test test-fast bench serve serve-prod stop clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,8 +23,11 @@ bench: setup  ## training throughput: real data pipeline vs bare loop (docs/BENC
 	$(PYTHON) -m benchmarks.train_throughput
 	$(PYTHON) -m benchmarks.train_throughput --model-name mobilenetv2_100
 
-serve: setup  ## serve model_store/deepfake.mar in the foreground (Ctrl-C or SIGTERM stops it)
+serve: setup  ## serve model_store/deepfake.mar with the dev config (no auth!) in the foreground; Ctrl-C stops it
 	$(PYTHON) -m scripts.serve start --foreground
+
+serve-prod: setup  ## serve it with config/production.properties (token auth on) in the foreground
+	$(PYTHON) -m scripts.serve start --config production --foreground
 
 stop:  ## stop the TorchServe that make demo / make serve started
 	@if [ -x $(PYTHON) ]; then $(PYTHON) -m scripts.serve stop; else echo "nothing to stop"; fi
