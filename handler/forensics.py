@@ -86,11 +86,62 @@ class PreprocessConfig:
         return cls(**converted)
 
 
+# Modes that hold more than 8 bits per sample. Pillow's convert("RGB") clips them at 255 instead of
+# scaling, so a mid-grey 16-bit PNG would come out white. "I" (32-bit int) is how older Pillow
+# versions opened 16-bit greyscale PNGs, so its samples are read as 16-bit too.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Transparent pixels are shown over this colour, as an image viewer on a white page shows them.
+ALPHA_BACKGROUND = 255
+
+
+def _sixteen_to_eight_bits(samples: np.ndarray) -> np.ndarray:
+    """0..65535 → 0..255 by keeping the high byte: what Pillow itself does for 16-bit RGB PNGs and TIFFs.
+
+    The same shift for greyscale keeps a 16-bit grey file and the 16-bit RGB file of the same pixels identical.
+    """
+    return (np.clip(samples.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+
+
+def _float_to_eight_bits(samples: np.ndarray) -> np.ndarray:
+    """Floating-point TIFFs ("F"): [0, 1] when the file keeps to that range, else read as 0..255."""
+    samples = np.nan_to_num(samples.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    scale = 255.0 if samples.size and samples.max() <= 1.0 else 1.0
+    return np.clip(np.rint(samples * scale), 0, 255).astype(np.uint8)
+
+
+def _over_background(rgba: np.ndarray) -> np.ndarray:
+    """Composites RGBA over ALPHA_BACKGROUND: what a person sees, not the colour left under transparent pixels."""
+    colour = rgba[..., :3].astype(np.uint32)
+    alpha = rgba[..., 3:].astype(np.uint32)
+    blended = (colour * alpha + ALPHA_BACKGROUND * (255 - alpha) + 127) // 255
+    return blended.astype(np.uint8)
+
+
+def rgb_from_image(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode → uint8 RGB [H, W, 3] with the values a person would see.
+
+    16-bit and float samples are scaled to 8 bits (not clipped); alpha and palette transparency are
+    composited over white; greyscale is repeated into three channels; CMYK, YCbCr, 1-bit and the
+    rest go through Pillow's own conversion.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = _sixteen_to_eight_bits(np.asarray(image))
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode == "F":
+        grey = _float_to_eight_bits(np.asarray(image))
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.has_transparency_data:
+        return _over_background(np.asarray(image.convert("RGBA")))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 def decode_rgb(data: bytes, max_image_pixels: int = PreprocessConfig.max_image_pixels) -> np.ndarray:
     """Decodes any image Pillow reads into an upright uint8 RGB array of shape [H, W, 3].
 
     Pillow rather than OpenCV: it honours EXIF orientation, reads the first frame of GIFs, and
     reports the pixel count from the header so oversized images are refused before decoding.
+    Training and serving both decode through here, so how modes become RGB (see
+    :func:`rgb_from_image`) can never differ between them.
 
     Raises:
         ImageDecodeError: empty, unreadable, truncated or oversized input.
@@ -99,21 +150,25 @@ def decode_rgb(data: bytes, max_image_pixels: int = PreprocessConfig.max_image_p
     if not data:
         raise ImageDecodeError("empty_input", "the request body is empty; send the image file's bytes")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_image_pixels:
-                raise ImageDecodeError(
-                    "image_too_large",
-                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_image_pixels}",
-                )
-            with warnings.catch_warnings():
-                # Pillow's own bomb warning is superseded by the explicit limit above.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning is superseded by the explicit limit below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_image_pixels:
+                    raise ImageDecodeError(
+                        "image_too_large",
+                        f"image is {width}x{height} = {width * height} pixels; the limit is {max_image_pixels}",
+                    )
                 image.load()
-            upright = ImageOps.exif_transpose(image)
-            rgb = upright.convert("RGB")
+                rgb = rgb_from_image(ImageOps.exif_transpose(image))
     except ImageDecodeError:
         raise
+    except Image.DecompressionBombError as error:
+        # Pillow refuses absurd sizes (> ~179 Mpx) inside Image.open, before our own check can see the size.
+        raise ImageDecodeError(
+            "image_too_large", f"image is larger than the limit of {max_image_pixels} pixels ({error})"
+        ) from error
     except UnidentifiedImageError as error:
         announced = sniff_format(data)
         if announced:
@@ -127,7 +182,9 @@ def decode_rgb(data: bytes, max_image_pixels: int = PreprocessConfig.max_image_p
         raise ImageDecodeError("image_too_large", "the image needs more memory to decode than is available") from error
     except Exception as error:  # noqa: BLE001 - any decoder failure on untrusted bytes is the input's fault
         raise ImageDecodeError("corrupt_image", f"the image could not be decoded: {error}") from error
-    return np.asarray(rgb, dtype=np.uint8)
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageDecodeError("corrupt_image", f"the image has no pixels ({rgb.shape[1]}x{rgb.shape[0]})")
+    return np.ascontiguousarray(rgb)
 
 
 def resize_rgb(rgb: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:

@@ -10,13 +10,25 @@ from typing import Any
 
 from handler.forensics import ImageDecodeError
 
-# HTTP status per error code: 413 and 415 tell a client what to change; the rest are plain 400s.
+# HTTP status per error code: 413 and 415 tell a client what to change; a non-finite score is the model's
+# fault, not the client's (500); the rest (empty_input, missing_image, corrupt_image, bad_base64,
+# invalid_json, invalid_option) are plain 400s.
 ERROR_STATUS = {
     "image_too_large": 413,
     "not_an_image": 415,
+    "non_finite_score": 500,
 }
 DEFAULT_ERROR_STATUS = 400
-STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type"}
+STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type",
+                  500: "Internal Server Error"}
+
+
+@dataclass(frozen=True)
+class ItemScores:
+    """What the model said about one image: the calibrated and the raw (softmax) probability of fake."""
+
+    calibrated: float
+    uncalibrated: float
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,18 @@ def verdict(probability_fake: float, policy: VerdictPolicy, calibrated: bool) ->
         "threshold": policy.threshold,
         "calibrated": calibrated,
         "borderline": bool(confidence < high),
+    }
+
+
+def uncalibrated_scores(probability_fake: float) -> dict[str, Any]:
+    """The model's raw softmax, for a client that asked for it (`uncalibrated=true`).
+
+    Informational only: the label, confidence and borderline flag always come from the calibrated
+    probability, because the decision threshold was chosen on calibrated scores.
+    """
+    return {
+        "probability_fake": round(probability_fake, 6),
+        "probabilities": {"real": round(1.0 - probability_fake, 6), "fake": round(probability_fake, 6)},
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handler.deepfake_handler import DeepfakeHandler
 from scripts.package_model import PackageConfig, package_model
@@ -69,24 +70,34 @@ def model_store(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def handler_and_context(tiny_export: Path, tmp_path: Path):
     """Builds DeepfakeHandlers initialised on a real ts Context over a copy of the tiny export.
 
-    The context carries config/model-config.yaml (with `handler:` overrides from the call) and one
-    RequestProcessor per batch item, so per-item statuses can be read back.
+    The context carries config/model-config.yaml (with `handler:` overrides from the call), one
+    RequestProcessor and one request id ("request-<index>") per batch item, as ts.service.Service sets
+    them, so per-item statuses can be read back, and a real metrics cache built from config/metrics.yaml,
+    so the handler's metrics are emitted as in a worker (as "[METRICS]" log lines of ts.metrics).
+    `replace_files` replaces files of the export: None deletes one, a dict is written as JSON, bytes as-is.
     """
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_export, model_dir)
 
     def build(batch_size: int, replace_files: dict[str, Any] | None = None, **handler_settings: Any
               ) -> tuple[DeepfakeHandler, Context]:
-        for name, content in (replace_files or {}).items():  # None deletes the file, a dict writes it as JSON
+        for name, content in (replace_files or {}).items():
             (model_dir / name).unlink()
-            if content is not None:
+            if isinstance(content, bytes):
+                (model_dir / name).write_bytes(content)
+            elif content is not None:
                 (model_dir / name).write_text(json.dumps(content))
         model_yaml = yaml.safe_load((REPO_ROOT / "config" / "model-config.yaml").read_text())
         model_yaml["handler"].update(handler_settings)
         manifest = {"model": {"modelName": "deepfake", "modelVersion": "7.1"}}
+        metrics = MetricsCacheYamlImpl(config_file_path=str(REPO_ROOT / "config" / "metrics.yaml"))
+        metrics.initialize_cache()
+        metrics.model_name = "deepfake"
         context = Context("deepfake", str(model_dir), manifest, batch_size, None, "0.12.0",
-                          model_yaml_config=model_yaml)
+                          metrics=metrics, model_yaml_config=model_yaml)
         context.request_processor = [RequestProcessor({}) for _ in range(batch_size)]
+        context.request_ids = {index: f"request-{index}" for index in range(batch_size)}
+        metrics.request_ids = context.request_ids
         handler = DeepfakeHandler()
         handler.initialize(context)
         return handler, context

@@ -15,6 +15,7 @@ from handler.forensics import (
     model_input_from_rgb,
     resize_rgb,
 )
+from tests.handler.hostile_images import png_header_claiming
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -140,3 +141,151 @@ def test_mutated_files_either_decode_or_raise_image_decode_error(fmt):
             assert rgb.ndim == 3 and rgb.shape[2] == 3
             outcomes.add("decoded")
     assert outcomes - {"decoded"}  # the mutations did break some files
+
+
+# --- every format and colour mode a client may send, decoded to the RGB a person would see ---------------------
+
+
+@pytest.mark.parametrize(("fmt", "options", "tolerance"), [
+    ("PNG", {}, 0), ("BMP", {}, 0), ("TIFF", {}, 0), ("WEBP", {"lossless": True}, 0),
+    ("JPEG", {"quality": 95}, 12), ("WEBP", {"quality": 95}, 16),
+])
+def test_formats_decode_to_the_encoded_pixels(fmt, options, tolerance):
+    original = gradient_rgb()
+    rgb = decode_rgb(encode(Image.fromarray(original), fmt, **options))
+    assert rgb.shape == original.shape and rgb.dtype == np.uint8
+    assert np.abs(rgb.astype(int) - original.astype(int)).mean() <= tolerance
+
+
+def test_gif_first_frame_is_decoded():
+    frames = [Image.new("RGB", (30, 20), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    assert Image.open(io.BytesIO(buffer.getvalue())).n_frames == 3  # really an animation
+    rgb = decode_rgb(buffer.getvalue())
+    assert rgb.shape == (20, 30, 3)
+    assert (rgb == (255, 0, 0)).all()
+
+
+@pytest.mark.parametrize(("orientation", "marker_corner"), [(1, (0, 0)), (3, (-1, -1)), (6, (0, -1)), (8, (-1, 0))])
+def test_exif_orientation_gives_an_upright_image(orientation, marker_corner):
+    # A landscape image with a red top-left corner, stored as a camera would before rotating for display.
+    stored = np.zeros((40, 100, 3), np.uint8)
+    stored[:10, :10] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    rgb = decode_rgb(encode(Image.fromarray(stored), "PNG", exif=exif.tobytes()))
+    assert rgb.shape == ((100, 40, 3) if orientation in (6, 8) else (40, 100, 3))
+    row, column = marker_corner
+    assert tuple(rgb[row, column]) == (255, 0, 0)  # the marker is where a viewer shows it
+    assert tuple(rgb[20, 20]) == (0, 0, 0)
+
+
+def test_greyscale_and_greyscale_alpha_become_grey_rgb():
+    grey = decode_rgb(encode(Image.new("L", (8, 6), 77)))
+    assert grey.shape == (6, 8, 3) and (grey == 77).all()
+    half_transparent = decode_rgb(encode(Image.new("LA", (8, 6), (0, 128))))
+    assert (half_transparent == 127).all()  # black at alpha 128/255 over white
+
+
+def test_alpha_is_composited_over_white_and_opaque_pixels_are_kept():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = gradient_rgb(4, 4)
+    rgba[:2, ..., 3] = 255  # top half opaque
+    rgba[2:, ..., :3] = (200, 0, 0)  # bottom half: red the viewer never sees, fully transparent
+    rgb = decode_rgb(encode(Image.fromarray(rgba, "RGBA")))
+    np.testing.assert_array_equal(rgb[:2], gradient_rgb(4, 4)[:2])
+    assert (rgb[2:] == 255).all()
+
+
+def test_palette_images_with_and_without_transparency():
+    palette = Image.new("P", (6, 4), 1)
+    palette.putpalette([255, 0, 0, 0, 128, 255] + [0] * 762)
+    assert (decode_rgb(encode(palette)) == (0, 128, 255)).all()
+    palette.paste(0, (0, 0, 3, 4))  # left half: palette entry 0, declared transparent below
+    rgb = decode_rgb(encode(palette, transparency=0))
+    assert (rgb[:, :3] == 255).all() and (rgb[:, 3:] == (0, 128, 255)).all()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_cmyk_becomes_rgb(fmt):
+    rgb = decode_rgb(encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), fmt))  # pure red in CMYK
+    assert np.abs(rgb.astype(int) - (255, 0, 0)).max() <= 2
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    # Pillow's own convert("RGB") clips 16-bit samples at 255: this mid-grey would come out white.
+    grey16 = np.full((6, 8), 32768, np.uint16)
+    grey16[0, 0], grey16[0, 1] = 0, 65535
+    data = cv2.imencode(".png", grey16)[1].tobytes()
+    assert Image.open(io.BytesIO(data)).mode == "I;16"  # the mode this test is about
+    rgb = decode_rgb(data)
+    assert rgb.shape == (6, 8, 3) and rgb.dtype == np.uint8
+    assert tuple(rgb[3, 3]) == (128, 128, 128)
+    assert tuple(rgb[0, 0]) == (0, 0, 0) and tuple(rgb[0, 1]) == (255, 255, 255)
+
+
+def test_sixteen_bit_grey_and_rgb_of_the_same_pixels_decode_identically():
+    eight_bit = gradient_rgb(30, 40)[..., 0]
+    grey16 = eight_bit.astype(np.uint16) * 257  # v → v·257 spans 0..65535 exactly
+    from_grey = decode_rgb(cv2.imencode(".png", grey16)[1].tobytes())
+    from_rgb = decode_rgb(cv2.imencode(".png", np.stack([grey16] * 3, axis=2))[1].tobytes())
+    from_tiff = decode_rgb(cv2.imencode(".tiff", grey16)[1].tobytes())
+    np.testing.assert_array_equal(from_grey[..., 0], eight_bit)
+    np.testing.assert_array_equal(from_grey, from_rgb)
+    np.testing.assert_array_equal(from_grey, from_tiff)
+
+
+def test_sixteen_bit_rgb_png_keeps_its_colours():
+    bgr16 = np.zeros((5, 7, 3), np.uint16)
+    bgr16[...] = (65535, 32768, 0)  # OpenCV writes BGR: blue full, green half, red none
+    rgb = decode_rgb(cv2.imencode(".png", bgr16)[1].tobytes())
+    assert (rgb == (0, 128, 255)).all()
+
+
+@pytest.mark.parametrize(("mode", "value", "expected"), [
+    ("1", 1, 255), ("I", 32768, 128), ("I", 70000, 255), ("F", 0.5, 128), ("F", 200.0, 200), ("I;16B", 65535, 255),
+])
+def test_tiff_in_unusual_modes_becomes_rgb(mode, value, expected):
+    rgb = decode_rgb(encode(Image.new(mode, (5, 3), value), "TIFF"))
+    assert rgb.shape == (3, 5, 3) and rgb.dtype == np.uint8
+    assert (rgb == expected).all()
+
+
+@pytest.mark.parametrize("mode", ["LAB", "YCbCr", "PA", "CMYK"])
+def test_tiff_in_exotic_modes_decodes_to_rgb_or_a_named_error(mode):
+    try:
+        rgb = decode_rgb(encode(Image.new(mode, (5, 3)), "TIFF"))
+    except ImageDecodeError as error:
+        assert error.code == "corrupt_image"
+    else:
+        assert rgb.shape == (3, 5, 3) and rgb.dtype == np.uint8
+
+
+# --- hostile inputs ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(100_000, 100_000), (10_000, 10_000), (1, 50_000_000)])
+def test_header_claiming_a_huge_image_is_refused_before_decoding(size):
+    # 100000x100000 trips Pillow's own bomb check inside Image.open; 10000x10000 only ours. Either way: 413's code.
+    data = png_header_claiming(*size)
+    assert len(data) < 200
+    with pytest.raises(ImageDecodeError) as raised:
+        decode_rgb(data)
+    assert raised.value.code == "image_too_large"
+    assert "limit" in str(raised.value)
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 5000), (5000, 1), (3, 2)])
+def test_tiny_and_extremely_thin_images_become_model_inputs(height, width):
+    rgb = np.full((height, width, 3), 90, np.uint8)
+    config = PreprocessConfig(input_size=(64, 64))
+    tensor = model_input_from_bytes(encode(Image.fromarray(rgb)), config)
+    assert tensor.shape == (4, 64, 64) and torch.isfinite(tensor).all()
+
+
+def test_random_bytes_are_not_an_image():
+    data = np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    with pytest.raises(ImageDecodeError) as raised:
+        decode_rgb(data)
+    assert raised.value.code == "not_an_image"

@@ -1,0 +1,94 @@
+"""The handler's settings: the `handler:` section of model-config.yaml, checked once when a worker starts.
+
+A typo or an impossible value stops the worker with a message naming the setting, instead of
+being ignored and serving with a default nobody chose.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+SECTION = "handler"
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """What model-config.yaml's `handler:` section may set.
+
+    Attributes:
+        threshold: probability of fake at or above which the label is "fake"; None keeps the threshold
+            exported in metadata.json (chosen on validation data), which is what it should almost always be.
+        max_image_pixels: larger images are refused with 413 before decoding; None keeps metadata.json's.
+        borderline_band: (low, high) with 0.5 <= low < high <= 1: confidences under `high` are flagged.
+        torch_threads: torch (and OpenCV) threads per CPU worker; 0 = cores / maxWorkers.
+        warmup_runs: dummy forward passes at worker start, so the first client does not pay for them.
+
+    """
+
+    threshold: float | None = None
+    max_image_pixels: int | None = None
+    borderline_band: tuple[float, float] = (0.5, 0.7)
+    torch_threads: int = 0
+    warmup_runs: int = 2
+
+    @classmethod
+    def known(cls) -> list[str]:
+        """The setting names, for error messages."""
+        return [field.name for field in fields(cls)]
+
+    @classmethod
+    def from_model_config(cls, model_yaml_config: Mapping[str, Any] | None) -> HandlerSettings:
+        """Reads and checks the `handler:` section of a parsed model-config.yaml (absent = all defaults).
+
+        Raises:
+            ValueError: unknown setting, wrong type or value out of range; the message names the setting.
+
+        """
+        section = (model_yaml_config or {}).get(SECTION) or {}
+        if not isinstance(section, Mapping):
+            kind = type(section).__name__
+            raise ValueError(f"model-config.yaml '{SECTION}:' must be a mapping of settings, got {kind}")
+        unknown = sorted(set(section) - set(cls.known()))
+        if unknown:
+            raise ValueError(f"model-config.yaml '{SECTION}:' has unknown setting(s) {unknown}; known: {cls.known()}")
+        values: dict[str, Any] = {}
+        if section.get("threshold") is not None:
+            values["threshold"] = _probability("threshold", section["threshold"])
+        if section.get("max_image_pixels") is not None:
+            values["max_image_pixels"] = _whole_number("max_image_pixels", section["max_image_pixels"], minimum=1)
+        if "borderline_band" in section:
+            values["borderline_band"] = _band(section["borderline_band"])
+        for name in ("torch_threads", "warmup_runs"):
+            if name in section:
+                values[name] = _whole_number(name, section[name], minimum=0)
+        return cls(**values)
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass; `true` in a numeric setting is a mistake, not 1.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _probability(name: str, value: Any) -> float:
+    if not (_is_number(value) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"handler setting '{name}' must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _whole_number(name: str, value: Any, minimum: int) -> int:
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum):
+        raise ValueError(f"handler setting '{name}' must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _band(value: Any) -> tuple[float, float]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(edge) for edge in value)):
+        raise ValueError(f"handler setting 'borderline_band' must be a list [low, high] of two numbers, got {value!r}")
+    low, high = float(value[0]), float(value[1])
+    if not 0.5 <= low < high <= 1.0:
+        raise ValueError(f"handler setting 'borderline_band' must satisfy 0.5 <= low < high <= 1, got {[low, high]}")
+    return low, high

@@ -1,0 +1,93 @@
+"""The handler's own Prometheus metrics, emitted through TorchServe's metrics cache.
+
+The worker logs each update as a `[METRICS]` line; the Java frontend turns the ones declared in
+config/metrics.yaml (`model_metrics:`) into Prometheus series on :8082/metrics, adding a Hostname
+label. Names, types and dimension order here must match that file, which
+tests/handler/test_worker_metrics.py checks.
+
+Like the handler class, this module runs only inside a TorchServe worker (it imports `ts`); training
+never imports it. A metric that cannot be emitted is logged and skipped: metrics must never cost a
+client its answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ts.metrics.metric_type_enum import MetricTypes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric as config/metrics.yaml declares it (dimension names in the order values are given)."""
+
+    name: str
+    kind: MetricTypes
+    unit: str
+    dimensions: tuple[str, ...]
+
+
+MODEL_NAME = "ModelName"
+PREDICTIONS = MetricSpec("DeepfakePredictions", MetricTypes.COUNTER, "Count", (MODEL_NAME, "Label"))
+ITEM_ERRORS = MetricSpec("DeepfakeItemErrors", MetricTypes.COUNTER, "Count", (MODEL_NAME, "ErrorCode"))
+BATCHES = MetricSpec("DeepfakeBatches", MetricTypes.COUNTER, "Count", (MODEL_NAME,))
+BATCH_ITEMS = MetricSpec("DeepfakeBatchItems", MetricTypes.COUNTER, "Count", (MODEL_NAME,))
+# Histograms: TorchServe 0.12 exports them in prometheus mode (_bucket/_sum/_count) with the Prometheus
+# client's default buckets (0.005 ... 10), so in milliseconds the buckets only resolve sub-10 ms batches;
+# rate(_sum)/rate(_count) is the mean per batch. Inference is observed only for batches with a forward pass.
+PREPROCESS_MS = MetricSpec("DeepfakePreprocessMs", MetricTypes.HISTOGRAM, "ms", (MODEL_NAME,))
+INFERENCE_MS = MetricSpec("DeepfakeInferenceMs", MetricTypes.HISTOGRAM, "ms", (MODEL_NAME,))
+ALL_METRICS = (PREDICTIONS, ITEM_ERRORS, BATCHES, BATCH_ITEMS, PREPROCESS_MS, INFERENCE_MS)
+
+
+class WorkerMetrics:
+    """Emits the handler's metrics for one model into a TorchServe metrics cache (context.metrics).
+
+    Args:
+        cache: the worker's metrics cache (ts.metrics.metric_cache_yaml_impl.MetricsCacheYamlImpl), or
+            None where there is none (then nothing is emitted).
+        model_name: value of the ModelName dimension.
+
+    """
+
+    def __init__(self, cache: Any, model_name: str) -> None:
+        self.cache = cache
+        self.model_name = model_name
+        self._reported: set[str] = set()  # metrics whose failure was logged already: one traceback each
+
+    def batch(self, items: int, preprocess_ms: float, inference_ms: float | None) -> None:
+        """One handle() call: its size and timings (inference_ms None when no item reached the model)."""
+        self._emit(BATCHES, 1, ())
+        self._emit(BATCH_ITEMS, items, ())
+        self._emit(PREPROCESS_MS, preprocess_ms, ())
+        if inference_ms is not None:
+            self._emit(INFERENCE_MS, inference_ms, ())
+
+    def prediction(self, label: str, request_id: str | None) -> None:
+        """One scored item, by label."""
+        self._emit(PREDICTIONS, 1, (label,), request_id)
+
+    def item_error(self, code: str, request_id: str | None) -> None:
+        """One item answered with an error, by code.
+
+        The code is a per-item one (see handler.verdict), or out_of_memory / model_failed for every item of a
+        batch whose forward pass failed (answered 507 / 503).
+        """
+        self._emit(ITEM_ERRORS, 1, (code,), request_id)
+
+    def _emit(self, spec: MetricSpec, value: float, dimension_values: tuple[str, ...],
+              request_id: str | None = None) -> None:
+        if self.cache is None:
+            return
+        try:
+            metric = self.cache.get_metric(spec.name, spec.kind)
+            metric.add_or_update(value, [self.model_name, *dimension_values], request_id or "")
+        except Exception:  # noqa: BLE001 - a metrics failure must never fail inference
+            if spec.name not in self._reported:
+                self._reported.add(spec.name)
+                logger.warning("metric %s could not be emitted (is it declared in metrics.yaml?)", spec.name,
+                               exc_info=True)

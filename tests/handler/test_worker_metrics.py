@@ -1,0 +1,100 @@
+import logging
+from pathlib import Path
+
+import ts
+import yaml
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+from handler.worker_metrics import (
+    ALL_METRICS,
+    BATCH_ITEMS,
+    BATCHES,
+    INFERENCE_MS,
+    ITEM_ERRORS,
+    PREDICTIONS,
+    PREPROCESS_MS,
+    WorkerMetrics,
+)
+from tests.handler.metric_log import metric_lines
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+METRICS_YAML = REPO_ROOT / "config" / "metrics.yaml"
+TORCHSERVE_DEFAULT_YAML = Path(ts.__file__).parent / "configs" / "metrics.yaml"
+
+
+def real_cache(path: Path = METRICS_YAML) -> MetricsCacheYamlImpl:
+    cache = MetricsCacheYamlImpl(config_file_path=str(path))
+    cache.initialize_cache()
+    cache.model_name = "deepfake"
+    return cache
+
+
+def test_exact_names_types_units_and_dimensions_are_declared():
+    declared = yaml.safe_load(METRICS_YAML.read_text())["model_metrics"]
+    assert {spec.name for spec in ALL_METRICS} == {"DeepfakePredictions", "DeepfakeItemErrors", "DeepfakeBatches",
+                                                   "DeepfakeBatchItems", "DeepfakePreprocessMs", "DeepfakeInferenceMs"}
+    for spec in ALL_METRICS:
+        entry = next(item for item in declared[spec.kind.value] if item["name"] == spec.name)
+        assert (entry["unit"], tuple(entry["dimensions"])) == (spec.unit, spec.dimensions), spec.name
+    assert PREDICTIONS.dimensions == ("ModelName", "Label") and ITEM_ERRORS.dimensions == ("ModelName", "ErrorCode")
+    assert PREPROCESS_MS.kind.value == INFERENCE_MS.kind.value == "histogram"
+
+
+def test_torchserve_defaults_are_kept_beside_ours():
+    ours = yaml.safe_load(METRICS_YAML.read_text())
+    default = yaml.safe_load(TORCHSERVE_DEFAULT_YAML.read_text())
+    assert ours["ts_metrics"] == default["ts_metrics"]
+    for kind, entries in default["model_metrics"].items():
+        assert all(entry in ours["model_metrics"][kind] for entry in entries)
+
+
+def test_emits_the_lines_the_frontend_parses(caplog):
+    caplog.set_level(logging.INFO)
+    metrics = WorkerMetrics(real_cache(), "deepfake")
+    metrics.prediction("fake", "req-1")
+    metrics.prediction("real", None)
+    metrics.item_error("not_an_image", "req-2")
+    metrics.batch(3, preprocess_ms=4.25, inference_ms=17.5)
+    metrics.batch(1, preprocess_ms=0.5, inference_ms=None)  # every item refused: no forward pass to time
+    lines = [(line.name, line.type, line.value, line.dimensions, line.request_id) for line in metric_lines(caplog)]
+    assert lines == [
+        ("DeepfakePredictions", "COUNTER", 1.0, {"ModelName": "deepfake", "Label": "fake"}, "req-1"),
+        ("DeepfakePredictions", "COUNTER", 1.0, {"ModelName": "deepfake", "Label": "real"}, None),
+        ("DeepfakeItemErrors", "COUNTER", 1.0, {"ModelName": "deepfake", "ErrorCode": "not_an_image"}, "req-2"),
+        ("DeepfakeBatches", "COUNTER", 1.0, {"ModelName": "deepfake"}, None),
+        ("DeepfakeBatchItems", "COUNTER", 3.0, {"ModelName": "deepfake"}, None),
+        ("DeepfakePreprocessMs", "HISTOGRAM", 4.25, {"ModelName": "deepfake"}, None),
+        ("DeepfakeInferenceMs", "HISTOGRAM", 17.5, {"ModelName": "deepfake"}, None),
+        ("DeepfakeBatches", "COUNTER", 1.0, {"ModelName": "deepfake"}, None),
+        ("DeepfakeBatchItems", "COUNTER", 1.0, {"ModelName": "deepfake"}, None),
+        ("DeepfakePreprocessMs", "HISTOGRAM", 0.5, {"ModelName": "deepfake"}, None),
+    ]
+    assert BATCHES.name == "DeepfakeBatches" and BATCH_ITEMS.name == "DeepfakeBatchItems"
+
+
+def test_undeclared_metrics_are_logged_once_and_never_raise(caplog):
+    # TorchServe's own metrics.yaml declares none of ours: the cache raises for each, the handler must not.
+    caplog.set_level(logging.INFO)
+    metrics = WorkerMetrics(real_cache(TORCHSERVE_DEFAULT_YAML), "deepfake")
+    for _ in range(3):
+        metrics.prediction("fake", "req-1")
+        metrics.batch(2, 1.0, 2.0)
+    assert metric_lines(caplog) == []
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "could not" in r.getMessage()]
+    assert sorted(warnings) == sorted(f"metric {spec.name} could not be emitted (is it declared in metrics.yaml?)"
+                                      for spec in (PREDICTIONS, BATCHES, BATCH_ITEMS, PREPROCESS_MS, INFERENCE_MS))
+
+
+def test_without_a_metrics_cache_nothing_is_emitted(caplog):
+    caplog.set_level(logging.INFO)
+    WorkerMetrics(None, "deepfake").batch(1, 1.0, 1.0)
+    assert metric_lines(caplog) == [] and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_value_ts_refuses_is_logged_by_ts_not_raised(caplog):
+    caplog.set_level(logging.INFO)
+    WorkerMetrics(real_cache(), "deepfake").batch(-1, 1.0, 1.0)  # a negative counter increment: ts refuses it
+    assert [line.name for line in metric_lines(caplog)] == ["DeepfakeBatches", "DeepfakePreprocessMs",
+                                                            "DeepfakeInferenceMs"]
+    assert any("Counter metric update value cannot be negative" in r.getMessage() for r in caplog.records)
