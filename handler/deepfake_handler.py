@@ -244,9 +244,38 @@ class DeepfakeHandler(BaseHandler):
             responses.append(item)
         return responses
 
+    def describe_handle(self) -> dict[str, Any]:
+        """What `GET /models/NAME?customized=true` (scripts/ops describe --handler-info) shows operators.
+
+        The model's identity, the settings in force (threshold after any override, band, limits,
+        threads) and the training run's headline metrics, so an operator can tell which model and
+        which decision rule a worker serves without opening the .mar.
+        """
+        assert self.metadata is not None, "initialize() must run first"
+        training = self.metadata.training
+        return {
+            "model": self.model_info,
+            "threshold": self.policy.threshold,
+            "borderline_band": list(self.policy.borderline_band),
+            "max_image_pixels": self.metadata.preprocessing.max_image_pixels,
+            "input_size": list(self.metadata.preprocessing.input_size),
+            "torch_threads": torch.get_num_threads(),
+            "training": {
+                "calibration": training.get("calibration"),
+                "threshold_rule": training.get("threshold_rule"),
+                "data_fingerprint": training.get("data_fingerprint"),
+                "test_metrics": (training.get("evaluation") or {}).get("calibrated"),
+            },
+        }
+
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
-        """Runs options → preprocess → inference → postprocess for one batch TorchServe assembled."""
+        """Runs options → preprocess → inference → postprocess for one batch TorchServe assembled.
+
+        A describe request (the management API's `customized=true`) gets describe_handle's answer instead.
+        """
         self.context = context
+        if self._is_describe():
+            return [self.describe_handle()]
         started = time.perf_counter()
         options, refused = self.read_options(data)
         batch, errors = self.preprocess(data, refused)

@@ -37,11 +37,12 @@ ITEM_ERRORS = MetricSpec("DeepfakeItemErrors", MetricTypes.COUNTER, "Count", (MO
 BATCHES = MetricSpec("DeepfakeBatches", MetricTypes.COUNTER, "Count", (MODEL_NAME,))
 BATCH_ITEMS = MetricSpec("DeepfakeBatchItems", MetricTypes.COUNTER, "Count", (MODEL_NAME,))
 # Histograms: TorchServe 0.12 exports them in prometheus mode (_bucket/_sum/_count) with the Prometheus
-# client's default buckets (0.005 ... 10), so in milliseconds the buckets only resolve sub-10 ms batches;
-# rate(_sum)/rate(_count) is the mean per batch. Inference is observed only for batches with a forward pass.
-PREPROCESS_MS = MetricSpec("DeepfakePreprocessMs", MetricTypes.HISTOGRAM, "ms", (MODEL_NAME,))
-INFERENCE_MS = MetricSpec("DeepfakeInferenceMs", MetricTypes.HISTOGRAM, "ms", (MODEL_NAME,))
-ALL_METRICS = (PREDICTIONS, ITEM_ERRORS, BATCHES, BATCH_ITEMS, PREPROCESS_MS, INFERENCE_MS)
+# client's default buckets (0.005 ... 10), which fit seconds (5 ms ... 10 s), the Prometheus convention; in
+# ms they would only resolve sub-10 ms batches. rate(_sum)/rate(_count) is the mean per batch. Inference is
+# observed only for batches with a forward pass.
+PREPROCESS_SECONDS = MetricSpec("DeepfakePreprocessSeconds", MetricTypes.HISTOGRAM, "s", (MODEL_NAME,))
+INFERENCE_SECONDS = MetricSpec("DeepfakeInferenceSeconds", MetricTypes.HISTOGRAM, "s", (MODEL_NAME,))
+ALL_METRICS = (PREDICTIONS, ITEM_ERRORS, BATCHES, BATCH_ITEMS, PREPROCESS_SECONDS, INFERENCE_SECONDS)
 
 
 class WorkerMetrics:
@@ -63,9 +64,9 @@ class WorkerMetrics:
         """One handle() call: its size and timings (inference_ms None when no item reached the model)."""
         self._emit(BATCHES, 1, ())
         self._emit(BATCH_ITEMS, items, ())
-        self._emit(PREPROCESS_MS, preprocess_ms, ())
+        self._emit(PREPROCESS_SECONDS, preprocess_ms / 1000.0, ())
         if inference_ms is not None:
-            self._emit(INFERENCE_MS, inference_ms, ())
+            self._emit(INFERENCE_SECONDS, inference_ms / 1000.0, ())
 
     def prediction(self, label: str, request_id: str | None) -> None:
         """One scored item, by label."""

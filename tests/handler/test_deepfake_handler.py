@@ -276,8 +276,8 @@ def test_metrics_are_emitted_for_every_batch_item_and_error(handler_and_context,
     assert errors == [("not_an_image", "request-1"), ("empty_input", "request-3")]
     by_name = {line.name: line for line in lines}
     assert by_name["DeepfakeBatches"].value == 1 and by_name["DeepfakeBatchItems"].value == 5
-    assert by_name["DeepfakePreprocessMs"].value == responses[0]["timing_ms"]["preprocess"]
-    assert by_name["DeepfakeInferenceMs"].value == responses[0]["timing_ms"]["inference"]
+    assert by_name["DeepfakePreprocessSeconds"].value == pytest.approx(responses[0]["timing_ms"]["preprocess"] / 1000)
+    assert by_name["DeepfakeInferenceSeconds"].value == pytest.approx(responses[0]["timing_ms"]["inference"] / 1000)
     assert {line.dimensions["ModelName"] for line in lines} == {"deepfake"}
 
 
@@ -285,7 +285,8 @@ def test_a_batch_without_decodable_images_times_no_inference(handler_and_context
     caplog.set_level(logging.INFO)
     handler, context = handler_and_context(2)
     handler.handle([{"body": b""}, {"body": b"x"}], context)
-    assert [line.name for line in metric_lines(caplog) if line.name.endswith("Ms")] == ["DeepfakePreprocessMs"]
+    timed = [line.name for line in metric_lines(caplog) if line.name.endswith("Seconds")]
+    assert timed == ["DeepfakePreprocessSeconds"]
 
 
 @pytest.mark.parametrize(("message", "status", "phrase"), [
@@ -305,7 +306,7 @@ def test_a_failing_forward_pass_fails_the_batch_with_a_clear_status(handler_and_
     assert "batch of 2 image(s) on cpu" in raised.value.message
     code = "out_of_memory" if status == 507 else "model_failed"
     assert [(line.name, line.dimensions.get("ErrorCode"), line.request_id) for line in metric_lines(caplog)] == [
-        ("DeepfakeBatches", None, None), ("DeepfakeBatchItems", None, None), ("DeepfakePreprocessMs", None, None),
+        ("DeepfakeBatches", None, None), ("DeepfakeBatchItems", None, None), ("DeepfakePreprocessSeconds", None, None),
         ("DeepfakeItemErrors", code, "request-0"), ("DeepfakeItemErrors", code, "request-1")]
     # What TorchServe's worker answers the frontend with: that status and message for the whole batch.
     reply = service_predict(context, handler, [{"body": data}, {"body": data}])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import threading
 import time
@@ -248,8 +249,8 @@ def test_handler_metrics_count_what_was_sent(torchserve, tiny_dataset):
         ("DeepfakeItemErrors", "image_too_large"): 1,
         ("DeepfakeBatches", None): len(bodies),
         ("DeepfakeBatchItems", None): len(bodies),
-        ("DeepfakePreprocessMs_count", None): len(bodies),
-        ("DeepfakeInferenceMs_count", None): len(labels),  # only batches with an image reach the model
+        ("DeepfakePreprocessSeconds_count", None): len(bodies),
+        ("DeepfakeInferenceSeconds_count", None): len(labels),  # only batches with an image reach the model
     }
 
     def delta(samples: Samples, name: str, dimension: str | None) -> float:
@@ -262,7 +263,7 @@ def test_handler_metrics_count_what_was_sent(torchserve, tiny_dataset):
 
     after = wait_for_samples(torchserve, lambda samples: measured(samples) == expected)
     assert measured(after) == expected
-    for histogram in ("DeepfakePreprocessMs", "DeepfakeInferenceMs"):
+    for histogram in ("DeepfakePreprocessSeconds", "DeepfakeInferenceSeconds"):
         assert delta(after, f"{histogram}_sum", None) > 0
         assert value(after, f"{histogram}_bucket", ModelName="deepfake", le="+Inf") == value(
             after, f"{histogram}_count", ModelName="deepfake")
@@ -291,3 +292,20 @@ def test_batch_metrics_show_batching(torchserve, tiny_dataset):
 
     after = wait_for_samples(torchserve, lambda samples: counts(samples) == (BATCH_MODEL_SIZE, 1))
     assert counts(after) == (BATCH_MODEL_SIZE, 1)  # six items in one batch: items > batches means batching
+
+
+def test_customized_describe_reports_the_settings_in_force(torchserve, tiny_export):
+    # GET /models/NAME?customized=true runs the handler's describe_handle (scripts/ops describe --handler-info).
+    response = requests.get(f"{torchserve.config.management_url}/models/deepfake", params={"customized": "true"},
+                            timeout=30)
+    assert response.status_code == 200, response.text
+    described = response.json()[0]["customizedMetadata"]
+    described = json.loads(described) if isinstance(described, str) else described
+    metadata = ModelMetadata.load(tiny_export / "metadata.json")
+    assert described["threshold"] == metadata.threshold
+    assert described["model"]["name"] == "deepfake" and described["model"]["version"] == "1.0"
+    assert described["borderline_band"] == [0.5, 0.7]
+    assert described["training"]["calibration"] == "temperature"
+    assert described["training"]["test_metrics"]["roc_auc"] == metadata.training["evaluation"]["calibrated"]["roc_auc"]
+    # The describe call is not a prediction: the worker still answers predictions afterwards.
+    assert post(torchserve, data=b"plain text, not an image").status_code == 415

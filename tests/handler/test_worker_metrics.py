@@ -9,10 +9,10 @@ from handler.worker_metrics import (
     ALL_METRICS,
     BATCH_ITEMS,
     BATCHES,
-    INFERENCE_MS,
+    INFERENCE_SECONDS,
     ITEM_ERRORS,
     PREDICTIONS,
-    PREPROCESS_MS,
+    PREPROCESS_SECONDS,
     WorkerMetrics,
 )
 from tests.handler.metric_log import metric_lines
@@ -31,13 +31,14 @@ def real_cache(path: Path = METRICS_YAML) -> MetricsCacheYamlImpl:
 
 def test_exact_names_types_units_and_dimensions_are_declared():
     declared = yaml.safe_load(METRICS_YAML.read_text())["model_metrics"]
-    assert {spec.name for spec in ALL_METRICS} == {"DeepfakePredictions", "DeepfakeItemErrors", "DeepfakeBatches",
-                                                   "DeepfakeBatchItems", "DeepfakePreprocessMs", "DeepfakeInferenceMs"}
+    assert {spec.name for spec in ALL_METRICS} == {
+        "DeepfakePredictions", "DeepfakeItemErrors", "DeepfakeBatches", "DeepfakeBatchItems",
+        "DeepfakePreprocessSeconds", "DeepfakeInferenceSeconds"}
     for spec in ALL_METRICS:
         entry = next(item for item in declared[spec.kind.value] if item["name"] == spec.name)
         assert (entry["unit"], tuple(entry["dimensions"])) == (spec.unit, spec.dimensions), spec.name
     assert PREDICTIONS.dimensions == ("ModelName", "Label") and ITEM_ERRORS.dimensions == ("ModelName", "ErrorCode")
-    assert PREPROCESS_MS.kind.value == INFERENCE_MS.kind.value == "histogram"
+    assert PREPROCESS_SECONDS.kind.value == INFERENCE_SECONDS.kind.value == "histogram"
 
 
 def test_torchserve_defaults_are_kept_beside_ours():
@@ -63,11 +64,11 @@ def test_emits_the_lines_the_frontend_parses(caplog):
         ("DeepfakeItemErrors", "COUNTER", 1.0, {"ModelName": "deepfake", "ErrorCode": "not_an_image"}, "req-2"),
         ("DeepfakeBatches", "COUNTER", 1.0, {"ModelName": "deepfake"}, None),
         ("DeepfakeBatchItems", "COUNTER", 3.0, {"ModelName": "deepfake"}, None),
-        ("DeepfakePreprocessMs", "HISTOGRAM", 4.25, {"ModelName": "deepfake"}, None),
-        ("DeepfakeInferenceMs", "HISTOGRAM", 17.5, {"ModelName": "deepfake"}, None),
+        ("DeepfakePreprocessSeconds", "HISTOGRAM", 0.00425, {"ModelName": "deepfake"}, None),
+        ("DeepfakeInferenceSeconds", "HISTOGRAM", 0.0175, {"ModelName": "deepfake"}, None),
         ("DeepfakeBatches", "COUNTER", 1.0, {"ModelName": "deepfake"}, None),
         ("DeepfakeBatchItems", "COUNTER", 1.0, {"ModelName": "deepfake"}, None),
-        ("DeepfakePreprocessMs", "HISTOGRAM", 0.5, {"ModelName": "deepfake"}, None),
+        ("DeepfakePreprocessSeconds", "HISTOGRAM", 0.0005, {"ModelName": "deepfake"}, None),
     ]
     assert BATCHES.name == "DeepfakeBatches" and BATCH_ITEMS.name == "DeepfakeBatchItems"
 
@@ -83,7 +84,8 @@ def test_undeclared_metrics_are_logged_once_and_never_raise(caplog):
     warnings = [r.getMessage() for r in caplog.records
                 if r.levelno == logging.WARNING and "could not" in r.getMessage()]
     assert sorted(warnings) == sorted(f"metric {spec.name} could not be emitted (is it declared in metrics.yaml?)"
-                                      for spec in (PREDICTIONS, BATCHES, BATCH_ITEMS, PREPROCESS_MS, INFERENCE_MS))
+                                      for spec in (PREDICTIONS, BATCHES, BATCH_ITEMS, PREPROCESS_SECONDS,
+                                                   INFERENCE_SECONDS))
 
 
 def test_without_a_metrics_cache_nothing_is_emitted(caplog):
@@ -95,6 +97,6 @@ def test_without_a_metrics_cache_nothing_is_emitted(caplog):
 def test_a_value_ts_refuses_is_logged_by_ts_not_raised(caplog):
     caplog.set_level(logging.INFO)
     WorkerMetrics(real_cache(), "deepfake").batch(-1, 1.0, 1.0)  # a negative counter increment: ts refuses it
-    assert [line.name for line in metric_lines(caplog)] == ["DeepfakeBatches", "DeepfakePreprocessMs",
-                                                            "DeepfakeInferenceMs"]
+    assert [line.name for line in metric_lines(caplog)] == ["DeepfakeBatches", "DeepfakePreprocessSeconds",
+                                                            "DeepfakeInferenceSeconds"]
     assert any("Counter metric update value cannot be negative" in r.getMessage() for r in caplog.records)
