@@ -260,6 +260,7 @@ class DeepfakeHandler(BaseHandler):
             "max_image_pixels": self.metadata.preprocessing.max_image_pixels,
             "input_size": list(self.metadata.preprocessing.input_size),
             "torch_threads": torch.get_num_threads(),
+            "cpu_cores": available_cores(),  # with torch_threads, lets ops warn when workers oversubscribe
             "training": {
                 "calibration": training.get("calibration"),
                 "threshold_rule": training.get("threshold_rule"),

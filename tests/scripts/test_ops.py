@@ -24,6 +24,7 @@ from scripts.ops import (
     Target,
     archive_version,
     explain,
+    oversubscription_warning,
     resolve_target,
     workers_ready,
 )
@@ -123,6 +124,10 @@ def test_scale_to_two_distinct_ready_workers_and_back(ops_server, client):
         pids = {w["pid"] for w in workers}
         assert [w["status"] for w in workers] == ["READY", "READY"] and len(pids) == 2
         assert all(psutil.Process(pid).is_running() for pid in pids)
+        # The .mar says maxWorkers 1, so each worker took every core for its threads: 2 of them oversubscribe.
+        info = client.handler_info("deepfake", "1.0")
+        assert info["torch_threads"] == info["cpu_cores"]
+        assert "warning: 2 CPU workers × " in up.stdout and "set maxWorkers" in up.stdout
 
         down = ops_cli("scale", "deepfake", "--min", "1", "--run-dir", run_dir, "--json")
         assert down.returncode == 0, down.stderr
@@ -265,3 +270,17 @@ def test_explain_names_the_fix_for_each_refusal():
         "TorchServe failed to scale model deepfake: boom (see logs/ts_log.log in its run dir)")
     wrong_port = {"code": 404, "type": "ResourceNotFoundException", "message": "Requested resource is not found"}
     assert "management port (8081)" in explain(404, wrong_port, Call("list"), sent_token=False)
+
+
+@pytest.mark.parametrize(("device", "threads", "cores", "workers", "warns"), [
+    ("cpu", 2, 2, 1, False), ("cpu", 1, 2, 2, False), ("cpu", 2, 2, 2, True), ("cpu", 1, 4, 5, True),
+    ("cuda:0", 8, 2, 4, False),  # GPU workers' CPU threads only feed the GPU
+])
+def test_oversubscription_warning_only_when_threads_exceed_cores(device, threads, cores, workers, warns):
+    info = {"model": {"device": device}, "torch_threads": threads, "cpu_cores": cores}
+    warning = oversubscription_warning(info, workers)
+    assert (warning is not None) == warns
+    if warns:
+        assert warning.startswith(f"warning: {workers} CPU workers × {threads} torch threads each need "
+                                  f"{workers * threads} cores; the server has {cores}")
+    assert oversubscription_warning({"model": {"device": "cpu"}}, 8) is None  # a handler that does not say
