@@ -41,6 +41,7 @@ class PrometheusConfig:
         metrics_path: HTTP path scraped on every target.
         job_name: the `job` label of the scraped series.
         startup_timeout: seconds to wait for /-/ready.
+        rule_files: recording/alerting rule files to load (evaluated every scrape_interval).
 
     """
 
@@ -51,6 +52,7 @@ class PrometheusConfig:
     metrics_path: str = "/metrics"
     job_name: str = "torchserve"
     startup_timeout: float = 30.0
+    rule_files: tuple[Path, ...] = ()
 
 
 def free_port() -> int:
@@ -64,6 +66,7 @@ def scrape_config(config: PrometheusConfig) -> dict[str, Any]:
     """The prometheus.yml document: one job scraping every target at the configured interval."""
     return {
         "global": {"scrape_interval": config.scrape_interval, "evaluation_interval": config.scrape_interval},
+        "rule_files": [str(path.resolve()) for path in config.rule_files],
         "scrape_configs": [{
             "job_name": config.job_name,
             "metrics_path": config.metrics_path,
@@ -210,6 +213,10 @@ class PrometheusServer:
                 raise TimeoutError(f"{promql!r} did not satisfy the condition in {timeout:.0f} s; last result: "
                                    f"{result}")
             time.sleep(0.25)  # polling interval: scrapes happen every scrape_interval
+
+    def rules(self) -> list[dict[str, Any]]:
+        """The loaded rule groups, each rule with its `health` ("ok", "err", "unknown") and `lastError`."""
+        return self._api("rules")["groups"]
 
     def targets(self) -> list[dict[str, Any]]:
         """The active scrape targets with their `health` ("up", "down", "unknown") and `lastError`."""

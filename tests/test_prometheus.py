@@ -26,18 +26,20 @@ from tests.prometheus_server import (
 pytestmark = pytest.mark.e2e
 
 MODEL = "deepfake"
+BATCH_SIZE_LIMIT = 8  # config/model-config.yaml batchSize of the shared server's "deepfake"
 REQUESTS = f'ts_inference_requests_total{{model_name="{MODEL}"}}'
 PREDICTIONS = f'DeepfakePredictions{{ModelName="{MODEL}"}}'
 BATCH_ITEMS = f'DeepfakeBatchItems{{ModelName="{MODEL}"}}'
 BATCHES = f'DeepfakeBatches{{ModelName="{MODEL}"}}'
 SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][\w:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+RULES = Path(__file__).resolve().parent.parent / "config" / "prometheus" / "deepfake-rules.yml"
 
 
 @pytest.fixture(scope="module")
 def prometheus(torchserve: TorchServe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     config = PrometheusConfig(work_dir=tmp_path_factory.mktemp("prometheus"),
-                              targets=[f"127.0.0.1:{torchserve.config.ports.metrics}"])
+                              targets=[f"127.0.0.1:{torchserve.config.ports.metrics}"], rule_files=(RULES,))
     with PrometheusServer(config) as server:
         server.wait_for_targets_up()
         yield server
@@ -159,6 +161,28 @@ def test_concurrent_load_is_batched_by_the_handler(prometheus, torchserve, tiny_
     assert items == sent
     assert 1 <= batches < items, (items, batches, batch_sizes)  # some batch carried more than one item
     assert max(batch_sizes) > 1  # the handler's own per-response view agrees
+
+
+def test_example_recording_rules_compute_from_real_torchserve_series(prometheus, torchserve, tiny_dataset):
+    # config/prometheus/deepfake-rules.yml (the SRE's rules) loaded into the test Prometheus: every recorded
+    # series exists with the labels the rules group by, with values in their possible range.
+    images = sorted((tiny_dataset / "fake").glob("*.jpg"))[:4] + sorted((tiny_dataset / "real").glob("*.jpg"))[:4]
+    for image in images:
+        assert post(torchserve, image).status_code == 200
+
+    def recorded(name: str, label: str, low: float, high: float) -> float:
+        result = prometheus.wait_for(f'{name}{{{label}="{MODEL}"}}', lambda r: len(r) == 1, timeout=60)
+        value = float(result[0]["value"][1])
+        assert low <= value <= high, (name, value)
+        return value
+
+    recorded("deepfake:inference_requests:rate5m", "model_name", 1e-9, 1e6)
+    recorded("deepfake:inference_latency_ms:mean5m", "model_name", 1e-3, 60_000)
+    recorded("deepfake:queue_latency_ms:mean5m", "model_name", 0, 60_000)
+    recorded("deepfake:batch_size:mean5m", "ModelName", 1, BATCH_SIZE_LIMIT)
+    recorded("deepfake:fake_ratio:1h", "ModelName", 0, 1)
+    rules = prometheus.rules()
+    assert {rule["health"] for group in rules for rule in group["rules"]} == {"ok"}, rules
 
 
 def test_a_bad_query_raises_with_prometheus_message(prometheus):
