@@ -167,14 +167,18 @@ def test_example_recording_rules_compute_from_real_torchserve_series(prometheus,
     # config/prometheus/deepfake-rules.yml (the SRE's rules) loaded into the test Prometheus: every recorded
     # series exists with the labels the rules group by, with values in their possible range.
     images = sorted((tiny_dataset / "fake").glob("*.jpg"))[:4] + sorted((tiny_dataset / "real").glob("*.jpg"))[:4]
+    # rate() counts increases between scrapes: Prometheus must have seen every counter before the requests.
+    warm_up(torchserve, images[0], "ts_inference_requests_total", "DeepfakePredictions", "DeepfakeBatches")
+    caught_up(prometheus, torchserve, REQUESTS, "ts_inference_requests_total", model_name=MODEL)
+    caught_up(prometheus, torchserve, PREDICTIONS, "DeepfakePredictions", ModelName=MODEL)
     for image in images:
         assert post(torchserve, image).status_code == 200
 
     def recorded(name: str, label: str, low: float, high: float) -> float:
-        result = prometheus.wait_for(f'{name}{{{label}="{MODEL}"}}', lambda r: len(r) == 1, timeout=60)
-        value = float(result[0]["value"][1])
-        assert low <= value <= high, (name, value)
-        return value
+        # Rules are evaluated every second: wait until an evaluation has seen this test's requests.
+        result = prometheus.wait_for(f'{name}{{{label}="{MODEL}"}}',
+                                     lambda r: len(r) == 1 and low <= float(r[0]["value"][1]) <= high, timeout=60)
+        return float(result[0]["value"][1])
 
     recorded("deepfake:inference_requests:rate5m", "model_name", 1e-9, 1e6)
     recorded("deepfake:inference_latency_ms:mean5m", "model_name", 1e-3, 60_000)
