@@ -17,7 +17,15 @@ from pathlib import Path
 
 from scripts.package_model import PackageConfig, package_model
 from scripts.predict import predict_file
-from scripts.serve import DEFAULT_RUN_DIR, Ports, ServeConfig, ServeError, TorchServe
+from scripts.serve import (
+    DEFAULT_RUN_DIR,
+    Ports,
+    ServeConfig,
+    ServeError,
+    TorchServe,
+    read_properties,
+    security_warnings,
+)
 from training.config import load_config
 from training.demo_data import DemoDataConfig, demo_image, write_demo_dataset
 from training.train import train
@@ -82,6 +90,8 @@ def run_demo(workdir: Path, model_store: Path, run_dir: Path, ports: Ports, stop
     _step(4, "Starting TorchServe and waiting until the model's workers are READY")
     server = TorchServe(ServeConfig(run_dir=run_dir, model_store=model_store, ports=ports)).start()
     print(f"ready in {server.ready_seconds:.1f} s: {server.config.inference_url}/predictions/deepfake")
+    for warning in security_warnings(read_properties(server.config.properties)):  # the dev config: say it loudly
+        print(f"WARNING ({server.config.properties.name}): {warning}")
 
     _step(5, "Predicting one real and one fake image the model has never seen")
     answers: dict[str, dict] = {}
