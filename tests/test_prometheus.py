@@ -175,10 +175,14 @@ def test_example_recording_rules_compute_from_real_torchserve_series(prometheus,
         assert post(torchserve, image).status_code == 200
 
     def recorded(name: str, label: str, low: float, high: float) -> float:
-        # Rules are evaluated every second: wait until an evaluation has seen this test's requests.
-        result = prometheus.wait_for(f'{name}{{{label}="{MODEL}"}}',
-                                     lambda r: len(r) == 1 and low <= float(r[0]["value"][1]) <= high, timeout=60)
-        return float(result[0]["value"][1])
+        # Rules are evaluated every second: wait until an evaluation has seen this test's requests. Rules
+        # grouped by model_version give one series per version the session called (/predictions/deepfake/1.0
+        # and the default route are separate series); the one carrying this test's traffic must be in range.
+        def in_range(result: QueryResult) -> list[float]:
+            return [float(item["value"][1]) for item in result if low <= float(item["value"][1]) <= high]
+
+        result = prometheus.wait_for(f'{name}{{{label}="{MODEL}"}}', lambda r: bool(in_range(r)), timeout=60)
+        return in_range(result)[0]
 
     recorded("deepfake:inference_requests:rate5m", "model_name", 1e-9, 1e6)
     recorded("deepfake:inference_latency_ms:mean5m", "model_name", 1e-3, 60_000)
