@@ -33,6 +33,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from scripts.grpc_stubs import load_stubs
+from scripts.serve import api_key
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_INFERENCE_PORT = 7070
@@ -152,12 +153,11 @@ def read_key_file(path: Path) -> tuple[str, str]:
 
     """
     try:
-        keys = json.loads(path.read_text())
-        return str(keys["inference"]["key"]), str(keys["management"]["key"])
+        return api_key(path, "inference"), api_key(path, "management")
     except FileNotFoundError as error:
         raise GrpcClientError(f"key file {path} does not exist; TorchServe writes key_file.json into the folder "
                               f"it was started from") from error
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError) as error:
         raise GrpcClientError(f"key file {path} is not TorchServe's key_file.json (need "
                               f"inference.key and management.key): {error!r}") from error
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import requests
 
-from scripts.serve import KEY_FILENAME, STATE_FILENAME, read_keys
+from scripts.serve import KEY_FILENAME, STATE_FILENAME, api_key, read_keys
 
 DEFAULT_URL = "http://127.0.0.1:8081"
 TOKEN_ENV = "TS_MANAGEMENT_TOKEN"
@@ -94,8 +94,8 @@ def resolve_target(url: str | None, token: str | None, key_file: Path | None, ru
         model_store = Path(state["model_store"]) if "model_store" in state else None
     if token is None and key_file is not None:
         try:
-            token = json.loads(key_file.read_text())["management"]["key"]
-        except (OSError, ValueError, KeyError) as error:
+            token = api_key(key_file, "management")
+        except (OSError, ValueError) as error:
             raise OpsError(f"cannot read the management key from {key_file}: {error}") from error
     token = token or environ.get(TOKEN_ENV)
     if token is None and run_dir is not None:

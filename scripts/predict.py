@@ -33,6 +33,8 @@ from typing import Any
 import requests
 from tqdm import tqdm
 
+from scripts.serve import api_key
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_MODEL = "deepfake"
 TOKEN_ENV = "TS_INFERENCE_TOKEN"
@@ -159,11 +161,11 @@ def read_token(token: str | None, key_file: Path | None, environ: dict[str, str]
         return token
     if key_file is not None:
         try:
-            return str(json.loads(key_file.read_text())["inference"]["key"])
+            return api_key(key_file, "inference")
         except FileNotFoundError:
             raise PredictError(f"key file not found: {key_file} (TorchServe writes key_file.json into the folder "
                                f"it was started from)") from None
-        except (ValueError, KeyError, TypeError) as error:
+        except ValueError as error:
             raise PredictError(f"{key_file} is not a TorchServe key file: "
                                f"no [\"inference\"][\"key\"] ({error})") from None
     return (environ if environ is not None else os.environ).get(TOKEN_ENV) or None

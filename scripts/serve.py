@@ -303,6 +303,23 @@ def read_keys(run_dir: Path) -> dict[str, dict[str, str]]:
         return {}
 
 
+def api_key(key_file: Path, kind: str) -> str:
+    """One API's key ("inference" or "management") from a key_file.json TorchServe wrote.
+
+    The one place that knows the file's layout; the clients wrap its errors in their own messages.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ValueError: the file is not JSON, or has no [kind]["key"].
+
+    """
+    keys = json.loads(key_file.read_text())  # json.JSONDecodeError is a ValueError
+    try:
+        return str(keys[kind]["key"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f'no ["{kind}"]["key"] in it') from error
+
+
 def auth_headers(run_dir: Path, kind: str = "management") -> dict[str, str]:
     """Authorization header for one API ("management" or "inference") when token auth is on."""
     key = read_keys(run_dir).get(kind, {}).get("key")
