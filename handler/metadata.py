@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from handler.faces import FaceConfig
 from handler.forensics import PreprocessConfig
 
 METADATA_FILENAME = "metadata.json"
@@ -29,6 +30,8 @@ class ModelMetadata:
         threshold: probability of fake at or above which the label is "fake".
         preprocessing: how to build the input tensor (see handler.forensics).
         training: metrics and facts of the run that produced the weights (informational).
+        faces: how the training images were cut around faces (handler.faces), or None for a model trained on
+            whole images. A face model must be served on faces cut the same way, so the crop margin travels here.
 
     """
 
@@ -37,6 +40,7 @@ class ModelMetadata:
     threshold: float = 0.5
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     training: dict[str, Any] = field(default_factory=dict)
+    faces: FaceConfig | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -53,6 +57,7 @@ class ModelMetadata:
             "threshold": self.threshold,
             "preprocessing": self.preprocessing.to_dict(),
             "training": self.training,
+            "faces": None if self.faces is None else self.faces.to_dict(),
         }
 
     @classmethod
@@ -70,6 +75,7 @@ class ModelMetadata:
             threshold=float(values["threshold"]),
             preprocessing=PreprocessConfig.from_dict(values["preprocessing"]),
             training=dict(values.get("training", {})),
+            faces=FaceConfig.from_dict(values["faces"]) if values.get("faces") else None,
         )
 
     def save(self, path: Path) -> None:
