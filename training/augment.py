@@ -143,7 +143,7 @@ class AugmentConfig:
         converted = {}
         for name, value in values.items():
             try:
-                converted[name] = _convert(value, fields[name].default)
+                converted[name] = convert_setting(value, fields[name].default)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"augment setting {name!r}: cannot use {value!r} ({error})") from error
         return cls(**converted)
@@ -154,7 +154,8 @@ def _check(name: str, valid: bool, requirement: str) -> None:
         raise ValueError(f"augment setting {name!r} must be {requirement}")
 
 
-def _convert(value: Any, default: Any) -> Any:
+def convert_setting(value: Any, default: Any) -> Any:
+    """A YAML or ``--set`` value converted to the type of the setting's default ("0.3" → 0.3, "40,95" → (40, 95))."""
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -166,7 +167,7 @@ def _convert(value: Any, default: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else list(value)
         if len(items) != len(default):
             raise ValueError(f"expected {len(default)} numbers")
-        return tuple(_convert(item, element) for item, element in zip(items, default, strict=True))
+        return tuple(convert_setting(item, element) for item, element in zip(items, default, strict=True))
     if isinstance(default, int):
         number = float(value)
         if not number.is_integer():

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from training.augment import AugmentConfig
+from training.sbi import SbiConfig
 
 PATH_FIELDS = ("dataset", "output_dir")
 AMP_MODES = {
@@ -51,6 +52,7 @@ class TrainConfig:
         threshold_rule: how the exported decision threshold is chosen on calibrated validation scores.
         threshold: the threshold of the "fixed" rule, and of the per-epoch validation metrics.
         augment: RGB augmentation applied before the Laplacian channel is computed.
+        sbi: self-blended pseudo-fakes (training.sbi): with sbi.enabled the dataset may hold real images only.
         faults: fault-injection specs for robustness testing, e.g. ("label_noise:0.2", "skip_grad:0.5").
         amp: mixed precision mode, see AMP_MODES.
         channels_last: NHWC memory layout (faster convolutions on CPU and GPU).
@@ -81,6 +83,7 @@ class TrainConfig:
     threshold_rule: str = "youden"
     threshold: float = 0.5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    sbi: SbiConfig = field(default_factory=SbiConfig)
     faults: tuple[str, ...] = ()
     amp: str = "auto"
     channels_last: bool = True
@@ -117,6 +120,7 @@ class TrainConfig:
         values["class_weights"] = list(self.class_weights)
         values["faults"] = list(self.faults)
         values["augment"] = self.augment.to_dict()
+        values["sbi"] = self.sbi.to_dict()
         return values
 
 
@@ -139,6 +143,8 @@ def _coerce(name: str, value: Any) -> Any:
         return tuple(str(item) for item in items)
     if name == "augment":
         return value if isinstance(value, AugmentConfig) else AugmentConfig.from_dict(dict(value or {}))
+    if name == "sbi":
+        return value if isinstance(value, SbiConfig) else SbiConfig.from_dict(dict(value or {}))
     default = DEFAULT_FIELDS[name].default
     if isinstance(default, bool):
         if isinstance(value, bool):

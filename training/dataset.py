@@ -58,6 +58,8 @@ class Sample:
         sha256: SHA-256 of the bytes that were checked during the scan.
         subject: the person shown, when the dataset says; images of one subject never straddle splits.
         split: "train", "val" or "test" when the dataset prescribes it, else None.
+        pseudo_fake: the item is a self-blended fake made from the real image at `path` when it is loaded
+            (training.pseudo_fakes); its label is then fake.
 
     """
 
@@ -66,6 +68,7 @@ class Sample:
     sha256: str = ""
     subject: str | None = None
     split: str | None = None
+    pseudo_fake: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,18 +148,21 @@ def _child_folder(parent: Path, name: str) -> Path | None:
 
 
 def _scan_class_folders(
-    root: Path, max_image_pixels: int, split: str | None = None
+    root: Path, max_image_pixels: int, required: tuple[str, ...], split: str | None = None
 ) -> tuple[list[Sample], list[SkippedFile]]:
-    """Reads root/real/** and root/fake/**; both must exist and hold a readable image."""
-    folders: list[Path] = []
-    for name in CLASS_NAMES:  # both must exist before any decoding
+    """Reads root/real/** and root/fake/**; each class in `required` must exist and hold a readable image."""
+    folders: dict[str, Path] = {}
+    for name in CLASS_NAMES:  # required ones must exist before any decoding
         folder = _child_folder(root, name)
-        if folder is None:
-            raise DatasetError(f"{root} has no '{name}/' folder; expected {root}/real/ and {root}/fake/ with images")
-        folders.append(folder)
+        if folder is None and name in required:
+            expected = " and ".join(f"{root}/{n}/" for n in required)
+            raise DatasetError(f"{root} has no '{name}/' folder; expected {expected} with images")
+        if folder is not None:
+            folders[name] = folder
     samples: list[Sample] = []
     skipped: list[SkippedFile] = []
-    for label, (name, folder) in enumerate(zip(CLASS_NAMES, folders, strict=True)):
+    for name, folder in folders.items():
+        label = CLASS_NAMES.index(name)
         found, unreadable = 0, 0
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
             try:
@@ -167,12 +173,19 @@ def _scan_class_folders(
                 continue
             samples.append(Sample(path, label, sha256, split=split))
             found += 1
-        if found == 0:
+        if found == 0 and name in required:
             raise DatasetError(
                 f"class '{name}' has no readable image in {folder} ({unreadable} unreadable); "
-                "a detector needs images of both classes"
+                f"{_need(required)}"
             )
     return samples, skipped
+
+
+def _need(required: tuple[str, ...]) -> str:
+    """Why a class is required, for error messages."""
+    if set(required) == set(CLASS_NAMES):
+        return "a detector needs images of both classes"
+    return f"this run needs {' and '.join(required)} images"
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
@@ -192,7 +205,7 @@ def _split_folders(root: Path) -> dict[str, Path]:
 
 
 def _is_folders(source: Path) -> bool:
-    return source.is_dir() and all(_child_folder(source, name) is not None for name in CLASS_NAMES)
+    return source.is_dir() and any(_child_folder(source, name) is not None for name in CLASS_NAMES)
 
 
 def _is_split_folders(source: Path) -> bool:
@@ -206,14 +219,14 @@ def _is_manifest(source: Path) -> bool:
     return source.is_file() and source.suffix.lower() == ".csv"
 
 
-def _scan_folders(source: Path, max_image_pixels: int) -> ScannedDataset:
+def _scan_folders(source: Path, max_image_pixels: int, required: tuple[str, ...]) -> ScannedDataset:
     if not source.is_dir():
         raise DatasetError(f"dataset folder {source} does not exist; the 'folders' layout needs real/ and fake/ in it")
-    samples, skipped = _scan_class_folders(source, max_image_pixels)
+    samples, skipped = _scan_class_folders(source, max_image_pixels, required)
     return ScannedDataset(samples, skipped, source, "folders")
 
 
-def _scan_split_folders(source: Path, max_image_pixels: int) -> ScannedDataset:
+def _scan_split_folders(source: Path, max_image_pixels: int, required: tuple[str, ...]) -> ScannedDataset:
     if not source.is_dir():
         raise DatasetError(f"dataset folder {source} does not exist")
     splits = _split_folders(source)
@@ -226,7 +239,7 @@ def _scan_split_folders(source: Path, max_image_pixels: int) -> ScannedDataset:
     skipped: list[SkippedFile] = []
     for split in SPLIT_NAMES:
         if split in splits:
-            split_samples, split_skipped = _scan_class_folders(splits[split], max_image_pixels, split)
+            split_samples, split_skipped = _scan_class_folders(splits[split], max_image_pixels, required, split)
             samples += split_samples
             skipped += split_skipped
     return ScannedDataset(samples, skipped, source, "split_folders")
@@ -236,7 +249,7 @@ def _manifest_value(row: dict[str, str | None], column: str | None) -> str:
     return (row.get(column) or "").strip() if column else ""
 
 
-def _scan_manifest(source: Path, max_image_pixels: int) -> ScannedDataset:
+def _scan_manifest(source: Path, max_image_pixels: int, required: tuple[str, ...]) -> ScannedDataset:
     """Reads the CSV; bad rows are skipped with their row number (the header is row 1, as in a spreadsheet)."""
     if not source.is_file():
         raise DatasetError(f"manifest {source} does not exist; the 'manifest' layout needs the CSV file itself")
@@ -285,11 +298,10 @@ def _scan_manifest(source: Path, max_image_pixels: int) -> ScannedDataset:
                 samples.append(Sample(path, LABEL_ALIASES[label_text.lower()], sha256, subject, split))
     except (UnicodeDecodeError, csv.Error) as error:
         raise DatasetError(f"manifest {source} is not a readable UTF-8 CSV file: {error}") from error
-    for label, name in enumerate(CLASS_NAMES):
-        if not any(sample.label == label for sample in samples):
+    for name in required:
+        if not any(sample.label == CLASS_NAMES.index(name) for sample in samples):
             raise DatasetError(
-                f"manifest {source} has no readable '{name}' image ({len(skipped)} rows skipped); "
-                "a detector needs images of both classes"
+                f"manifest {source} has no readable '{name}' image ({len(skipped)} rows skipped); {_need(required)}"
             )
     return ScannedDataset(samples, skipped, root, "manifest")
 
@@ -299,13 +311,14 @@ class Layout(NamedTuple):
 
     Attributes:
         detect: whether a source looks like this layout (used by layout="auto", in :data:`LAYOUTS` order).
-        scan: reads the source into a :class:`ScannedDataset`, given the pixel limit.
+        scan: reads the source into a :class:`ScannedDataset`, given the pixel limit and the classes that must
+            have a readable image.
         description: one line for `--help` and error messages.
 
     """
 
     detect: Callable[[Path], bool]
-    scan: Callable[[Path, int], ScannedDataset]
+    scan: Callable[[Path, int, tuple[str, ...]], ScannedDataset]
     description: str
 
 
@@ -325,7 +338,8 @@ LAYOUTS: dict[str, Layout] = {
     "folders": Layout(
         _is_folders,
         _scan_folders,
-        "a folder with real/ and fake/ sub-folders of images (any depth, any letter case)",
+        "a folder with real/ and fake/ sub-folders of images (any depth, any letter case); real/ alone for "
+        "real photos + SBI training",
     ),
 }
 
@@ -354,7 +368,8 @@ def detect_layout(source: Path) -> str:
 
 
 def scan_dataset(
-    source: Path, max_image_pixels: int = PreprocessConfig.max_image_pixels, layout: str = "auto"
+    source: Path, max_image_pixels: int = PreprocessConfig.max_image_pixels, layout: str = "auto",
+    required_classes: tuple[str, ...] = CLASS_NAMES,
 ) -> ScannedDataset:
     """Finds every labelled image of a dataset, decoding each once to weed out unreadable files.
 
@@ -362,6 +377,8 @@ def scan_dataset(
         source: the dataset folder, or the manifest CSV file itself.
         max_image_pixels: larger images are skipped as the handler would refuse them.
         layout: a name in :data:`LAYOUTS`, or "auto" to detect it.
+        required_classes: classes that must have a readable image: both for a real-vs-fake dataset, ("real",)
+            when the fakes are made on the fly (self-blended images).
 
     Raises:
         DatasetError: the layout is not recognised, a class folder is missing, the manifest lacks the path or
@@ -373,7 +390,10 @@ def scan_dataset(
         layout = detect_layout(source)
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown dataset layout {layout!r}; use 'auto' or one of:\n{describe_layouts()}")
-    return LAYOUTS[layout].scan(source, max_image_pixels)
+    unknown = set(required_classes) - set(CLASS_NAMES)
+    if unknown:
+        raise ValueError(f"required_classes must be names in {CLASS_NAMES}, got {sorted(unknown)}")
+    return LAYOUTS[layout].scan(source, max_image_pixels, tuple(required_classes))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -391,6 +411,8 @@ class FaceImageDataset(Dataset):
             It should draw randomness from torch's RNG, which DataLoader seeds per worker.
         labels: per-index labels that replace the samples' own, for fault injection (shuffled or noisy labels)
             without touching the samples.
+        pseudo_fakes: makes the self-blended fake of a decoded real image for samples marked `pseudo_fake`
+            (training.pseudo_fakes.PseudoFakeMaker); applied before `augment`, as a real fake arrives.
 
     """
 
@@ -400,13 +422,17 @@ class FaceImageDataset(Dataset):
         preprocess: PreprocessConfig,
         augment: Callable[[np.ndarray], np.ndarray] | None = None,
         labels: Sequence[int] | None = None,
+        pseudo_fakes: Callable[[np.ndarray, Sample], np.ndarray] | None = None,
     ) -> None:
         if labels is not None and len(labels) != len(samples):
             raise ValueError(f"got {len(labels)} labels for {len(samples)} samples; give one label per sample")
+        if pseudo_fakes is None and any(sample.pseudo_fake for sample in samples):
+            raise ValueError("samples include pseudo-fakes but no pseudo_fakes maker was given")
         self.samples = list(samples)
         self.preprocess = preprocess
         self.augment = augment
         self.labels = None if labels is None else [int(label) for label in labels]
+        self.pseudo_fakes = pseudo_fakes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -415,9 +441,14 @@ class FaceImageDataset(Dataset):
         sample = self.samples[index]
         label = sample.label if self.labels is None else self.labels[index]
         data = sample.path.read_bytes()
-        if self.augment is None:
+        if self.augment is None and not sample.pseudo_fake:
             return model_input_from_bytes(data, self.preprocess), label
-        rgb = self.augment(decode_rgb(data, self.preprocess.max_image_pixels))
+        rgb = decode_rgb(data, self.preprocess.max_image_pixels)
+        if sample.pseudo_fake:
+            assert self.pseudo_fakes is not None  # checked in __init__
+            rgb = self.pseudo_fakes(rgb, sample)
+        if self.augment is not None:
+            rgb = self.augment(rgb)
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise TypeError(f"augment must return a uint8 RGB array [H, W, 3]; got {getattr(rgb, 'shape', type(rgb))}"
                             f" {getattr(rgb, 'dtype', '')}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,13 +20,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from handler.calibration import Calibration
+from handler.faces import FaceConfig
 from handler.forensics import PreprocessConfig
 from handler.metadata import ModelMetadata
 from training.calibration import fit_calibration
 from training.config import TrainConfig
-from training.dataset import CLASS_NAMES, FaceImageDataset, ScannedDataset
-from training.evaluate import predict_logits
+from training.dataset import CLASS_NAMES, FaceImageDataset, Sample, ScannedDataset
 from training.export import ExportResult, export_torchscript
+from training.inference import predict_logits
 from training.jsonsafe import json_safe, write_json
 from training.metrics import choose_threshold, classification_metrics, expected_calibration_error
 from training.optim import MixedPrecision
@@ -76,14 +78,20 @@ def finish_run(
     *, model: nn.Module, config: TrainConfig, preprocess: PreprocessConfig, split: DatasetSplit,
     scanned: ScannedDataset, history: list[dict[str, Any]], best_epoch: int, device: torch.device,
     memory_format: torch.memory_format, run_facts: dict[str, Any],
+    faces: FaceConfig | None = None, pseudo_fakes: Callable[[np.ndarray, Sample], np.ndarray] | None = None,
 ) -> FinalEvaluation:
     """Calibrates, thresholds, tests, exports and reports the best checkpoint (already loaded into `model`).
 
     Logits come from the model in fp32 whatever the training precision: serving runs the fp32
     TorchScript export, and calibration, threshold and test metrics must describe what is served.
+    `faces` (the crop settings of a face dataset) and the SBI settings go into metadata.json, so the
+    handler cuts faces as the training crops were cut; `pseudo_fakes` makes the val/test self-blends.
     """
+    def dataset_of(samples: list) -> FaceImageDataset:
+        return FaceImageDataset(samples, preprocess, pseudo_fakes=pseudo_fakes)
+
     def logits_of(samples: list) -> tuple[np.ndarray, np.ndarray]:
-        loader = DataLoader(FaceImageDataset(samples, preprocess), batch_size=config.batch_size * 2,
+        loader = DataLoader(dataset_of(samples), batch_size=config.batch_size * 2,
                             num_workers=config.num_workers)
         return predict_logits(model, loader, device, memory_format, MixedPrecision(None))
 
@@ -123,10 +131,12 @@ def finish_run(
         training=json_safe({"best_epoch": best_epoch, "data_fingerprint": scanned.fingerprint(),
                             "split": split.summary(), "calibration": calibration.method,
                             "threshold_rule": config.threshold_rule, "validation": validation_metrics,
-                            "evaluation": quality["evaluation"], "faults": list(config.faults)}),
+                            "evaluation": quality["evaluation"], "faults": list(config.faults),
+                            **({"sbi": config.sbi.to_dict()} if config.sbi.enabled else {})}),
+        faces=faces,
     )
     model = model.to(memory_format=torch.contiguous_format)  # export the plain layout; serving tunes its own
-    example_batch = next(iter(DataLoader(FaceImageDataset(split.val, preprocess), batch_size=8)))[0]
+    example_batch = next(iter(DataLoader(dataset_of(split.val), batch_size=8)))[0]
     export = export_torchscript(model, metadata, example_batch, config.output_dir / "export", config.export_tolerance,
                                 calibration=calibration, metrics=quality)
     print(f"exported {export.model_path} (TorchScript vs eager max |diff| {export.max_abs_diff:.2e})")

@@ -7,10 +7,13 @@ predefined splits are used as given, and otherwise the split is stratified by cl
 
 from __future__ import annotations
 
+import csv
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -165,7 +168,8 @@ def _predefined_split(
 
 
 def split_dataset(
-    samples: Sequence[Sample], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+    samples: Sequence[Sample], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+    classes: Sequence[str] = CLASS_NAMES,
 ) -> DatasetSplit:
     """Train/val/test split that never puts one subject in two splits and keeps the real:fake ratio.
 
@@ -180,6 +184,8 @@ def split_dataset(
         val_fraction: share of all images for validation, in (0, 1).
         test_fraction: share of all images for the final test, in [0, 1); 0 leaves test empty.
         seed: the same seed and samples give the same split.
+        classes: the classes every split must contain: both, or ("real",) when fakes are made per split later
+            (self-blended images, see training.pseudo_fakes).
 
     Raises:
         ValueError: the fractions are out of range.
@@ -203,19 +209,61 @@ def split_dataset(
     else:
         (train, val, test), method = _split_by_method(ordered, val_fraction, test_fraction, seed)
     result = DatasetSplit(train, val, test, method)
-    _check_both_classes(result, required=("train", "val", *(("test",) if test_fraction > 0 else ())))
+    _check_classes(result, required=("train", "val", *(("test",) if test_fraction > 0 else ())), classes=classes)
     return result
 
 
-def _check_both_classes(split: DatasetSplit, required: Sequence[str]) -> None:
+def _check_classes(split: DatasetSplit, required: Sequence[str], classes: Sequence[str]) -> None:
     for name, part in split.parts().items():
         if not part and name not in required:
             continue
         counts = Counter(sample.label for sample in part)
-        missing = [class_name for label, class_name in enumerate(CLASS_NAMES) if counts[label] == 0]
+        missing = [class_name for label, class_name in enumerate(CLASS_NAMES)
+                   if counts[label] == 0 and class_name in classes]
         if missing:
             have = ", ".join(f"{counts[label]} {class_name}" for label, class_name in enumerate(CLASS_NAMES))
             raise DatasetError(
                 f"the {name} split ({split.method}) has no {' and no '.join(missing)} image ({have}); "
                 "add images (or subjects) of that class, or change val_fraction/test_fraction"
             )
+
+
+SPLITS_FILENAME = "splits.csv"
+SPLIT_COLUMNS = ("path", "label", "subject", "split")
+
+
+def _source_columns(manifest: Path | None) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Extra columns of the source manifest (groups such as dataset or expression), by normalised file path."""
+    if manifest is None or not manifest.is_file() or manifest.suffix.lower() != ".csv":
+        return [], {}
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        extra = [name for name in reader.fieldnames or [] if name and name.strip().lower() not in SPLIT_COLUMNS]
+        path_column = next((name for name in reader.fieldnames or [] if name and name.strip().lower() == "path"), None)
+        rows = {}
+        for row in reader:
+            if path_column and row.get(path_column):
+                key = os.path.normpath(manifest.parent / row[path_column].strip())
+                rows[key] = {name: row.get(name) or "" for name in extra}
+    return extra, rows
+
+
+def write_split_manifest(split: DatasetSplit, path: Path, source_manifest: Path | None = None) -> Path:
+    """Writes the run's split as a manifest (path,label,subject,split + the source manifest's other columns).
+
+    `python -m training.evaluate --dataset RUN/splits.csv --split test` then scores exactly the images the
+    run held out, with their groups. Self-blended twins are not files, so they are left out; evaluate
+    makes them again with --sbi.
+    """
+    extra, source_rows = _source_columns(source_manifest)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*SPLIT_COLUMNS, *extra])
+        for name, part in split.parts().items():
+            for sample in part:
+                if sample.pseudo_fake:
+                    continue
+                groups = source_rows.get(os.path.normpath(sample.path), {})
+                writer.writerow([sample.path.resolve().as_posix(), CLASS_NAMES[sample.label], sample.subject or "",
+                                 name, *(groups.get(column, "") for column in extra)])
+    return path

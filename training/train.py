@@ -13,6 +13,11 @@ Outputs in --output-dir:
     export/          model.torchscript.pt, metadata.json, calibration.json, metrics.json (→ scripts/package_model.py)
     plots/           training curves, ROC, confusion matrix, reliability diagram (PNG)
     report.json      seed, versions, data fingerprint and split, skipped files, faults, per-epoch and test metrics
+    splits.csv       every file with its split (path,label,subject,split + the manifest's other columns), for
+                     python -m training.evaluate --dataset RUN/splits.csv --split test
+
+Real photos + self-blended images (SBI): --set sbi.enabled=true (or config/train-faces-sbi.yaml) trains on
+a folder of real faces only; prepare it with python -m training.prepare to train and serve on face crops.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from tqdm import tqdm
 from handler.forensics import PreprocessConfig
 from training.augment import build_augmenter
 from training.config import AMP_MODES, TrainConfig, dotted_override, load_config, save_config
-from training.dataset import FaceImageDataset, ScannedDataset, scan_dataset
+from training.dataset import CLASS_NAMES, FaceImageDataset, ScannedDataset, scan_dataset
 from training.distributed import (
     DistributedContext,
     barrier,
@@ -46,14 +51,16 @@ from training.distributed import (
     shutdown_distributed,
 )
 from training.early_stopping import EarlyStopping
-from training.evaluate import predict_logits
 from training.export import ExportResult
 from training.faults import FAULTS, FaultPlan, StepSkipper, corrupt_labels, loss_targets, noisy_inputs, parse_faults
+from training.inference import predict_logits
 from training.metrics import classification_metrics
 from training.model import create_detector, pick_device
 from training.optim import MixedPrecision, build_optimizer, build_scheduler, resolve_mixed_precision
+from training.prepare import read_face_config
+from training.pseudo_fakes import PseudoFakeMaker, split_with_twins
 from training.report import FinalEvaluation, finish_run
-from training.splits import assert_subject_disjoint, split_dataset
+from training.splits import SPLITS_FILENAME, assert_subject_disjoint, split_dataset, write_split_manifest
 
 CHECKPOINT_FILENAME = "checkpoint.pt"
 
@@ -155,11 +162,17 @@ def _log(context: DistributedContext, message: str) -> None:
         print(message, flush=True)
 
 
+def required_classes(config: TrainConfig) -> tuple[str, ...]:
+    """Real images alone suffice when the fakes are self-blended; otherwise the data must hold both classes."""
+    return ("real",) if config.sbi.enabled else CLASS_NAMES
+
+
 def _scan(config: TrainConfig, preprocess: PreprocessConfig, context: DistributedContext) -> ScannedDataset:
     """Rank 0 decodes every file once; the other ranks receive its result instead of repeating the work."""
     scanned = None
     if context.is_main:
-        scanned = scan_dataset(config.dataset, preprocess.max_image_pixels, layout=config.dataset_layout)
+        scanned = scan_dataset(config.dataset, preprocess.max_image_pixels, layout=config.dataset_layout,
+                               required_classes=required_classes(config))
         for skipped in scanned.skipped:
             print(f"skipped {skipped.path}: {skipped.reason}")
     return broadcast_from_main(scanned, context)
@@ -197,16 +210,29 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
     # less augmentation, not more data.
     torch.manual_seed(config.seed + context.rank)
     scanned = _scan(config, preprocess, context)
-    split = split_dataset(scanned.samples, config.val_fraction, config.test_fraction, config.seed)
+    faces = read_face_config(config.dataset)  # a face-crop dataset from training.prepare: serve on faces too
+    split = split_dataset(scanned.samples, config.val_fraction, config.test_fraction, config.seed,
+                          classes=required_classes(config))
+    if context.is_main:
+        write_split_manifest(split, config.output_dir / SPLITS_FILENAME,
+                             config.dataset if scanned.layout == "manifest" else None)
+    train_fakes = eval_fakes = None
+    if config.sbi.enabled:
+        split = split_with_twins(split, config.sbi, config.seed)
+        margin = faces.margin if faces is not None else None
+        train_fakes = PseudoFakeMaker(config.sbi, margin, fixed_seed=None, root=scanned.root)
+        eval_fakes = PseudoFakeMaker(config.sbi, margin, fixed_seed=config.seed, root=scanned.root)
     assert_subject_disjoint(split)
     train_labels, fault_effects = corrupt_labels([s.label for s in split.train], faults, config.seed)
     _log(context, f"data: {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test "
-                  f"({split.method} split), {len(scanned.skipped)} skipped (from {config.dataset}); device: {device}, "
+                  f"({split.method} split), {len(scanned.skipped)} skipped (from {config.dataset}"
+                  f"{', face crops' if faces else ''}); device: {device}, "
                   f"mixed precision: {precision.name}, processes: {context.world_size}"
                   + (f"; FAULTS INJECTED: {', '.join(faults.specs)} {fault_effects}" if faults.active else ""))
 
     augment = build_augmenter(config.augment, preprocess.input_size)
-    train_set = FaceImageDataset(split.train, preprocess, augment=augment, labels=train_labels)
+    train_set = FaceImageDataset(split.train, preprocess, augment=augment, labels=train_labels,
+                                 pseudo_fakes=train_fakes)
     sampler = (DistributedSampler(train_set, context.world_size, context.rank, shuffle=True, seed=config.seed,
                                   drop_last=True) if context.enabled else None)
     train_loader = DataLoader(
@@ -214,7 +240,8 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
         num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
         pin_memory=device.type == "cuda", drop_last=len(split.train) > config.batch_size * context.world_size,
     )
-    val_loader = DataLoader(FaceImageDataset(split.val, preprocess), batch_size=config.batch_size * 2,
+    val_loader = DataLoader(FaceImageDataset(split.val, preprocess, pseudo_fakes=eval_fakes),
+                            batch_size=config.batch_size * 2,
                             num_workers=config.num_workers)
 
     trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -263,7 +290,8 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
     model.load_state_dict(checkpoint["state_dict"])
     final = finish_run(
         model=model, config=config, preprocess=preprocess, split=split, scanned=scanned, history=history,
-        best_epoch=selection.best_epoch, device=device, memory_format=memory_format,
+        best_epoch=selection.best_epoch, device=device, memory_format=memory_format, faces=faces,
+        pseudo_fakes=eval_fakes,
         run_facts={
             "device": str(device), "mixed_precision": precision.name, "world_size": context.world_size,
             "faults": {"specs": list(faults.specs), **fault_effects, "optimizer_steps_skipped": loop.skipper.skipped,

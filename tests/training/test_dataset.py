@@ -157,10 +157,24 @@ def test_a_class_without_readable_images_stops_at_once_naming_the_folder(dataset
 
 def test_one_class_folder_is_refused_naming_the_folder(tmp_path):
     (tmp_path / "real").mkdir()
-    with pytest.raises(DatasetError, match=rf"{tmp_path} is not a dataset in a known layout \(it contains \['real'\]"):
-        scan_dataset(tmp_path)
-    with pytest.raises(DatasetError, match="has no 'fake/' folder"):
-        scan_dataset(tmp_path, layout="folders")
+    for layout in ("auto", "folders"):
+        with pytest.raises(DatasetError, match=rf"{tmp_path} has no 'fake/' folder; expected .*real/ and .*fake/"):
+            scan_dataset(tmp_path, layout=layout)
+
+
+def test_real_images_alone_are_a_dataset_when_fakes_are_made_later(dataset_copy):
+    shutil.rmtree(dataset_copy / "fake")
+    scanned = scan_dataset(dataset_copy, required_classes=("real",))
+    assert scanned.layout == "folders" and len(scanned.samples) == 12 and {s.label for s in scanned.samples} == {0}
+    manifest = write_csv(dataset_copy / "only_real.csv", ["path", "label"],
+                         [[f"real/{p.name}", "real"] for p in images(dataset_copy, "real")])
+    assert len(scan_dataset(manifest, required_classes=("real",)).samples) == 12
+    for path in (dataset_copy / "real").glob("*.jpg"):
+        path.write_bytes(b"broken")
+    with pytest.raises(DatasetError, match=r"class 'real' has no readable image .* this run needs real images"):
+        scan_dataset(dataset_copy, required_classes=("real",))
+    with pytest.raises(ValueError, match="required_classes must be names in"):
+        scan_dataset(dataset_copy, required_classes=("genuine",))
 
 
 def test_unrecognised_source_lists_every_layout(tmp_path):

@@ -98,3 +98,44 @@ def test_fractions_out_of_range_are_refused(tiny_dataset):
     for val, test in ((0.0, 0.1), (0.5, 0.5), (0.1, -0.1)):
         with pytest.raises(ValueError, match="val_fraction"):
             split_dataset(samples, val, test)
+
+
+def test_real_only_samples_split_by_subject_when_fakes_come_later(subject_manifest):
+    reals = [s for s in scan_dataset(subject_manifest).samples if s.label == 0]
+    with pytest.raises(DatasetError, match=r"the train split \(subject\) has no fake image"):
+        split_dataset(reals, seed=0)
+    split = split_dataset(reals, val_fraction=0.2, test_fraction=0.2, seed=0, classes=("real",))
+    assert split.method == "subject" and all(split.parts().values())
+    assert_subject_disjoint(split)
+
+
+def test_the_split_manifest_lists_every_file_with_its_split_and_groups(subject_manifest, tmp_path):
+    import csv
+
+    from training.pseudo_fakes import split_with_twins
+    from training.sbi import SbiConfig
+    from training.splits import write_split_manifest
+
+    source = tmp_path / "with_groups.csv"
+    with subject_manifest.open() as handle:
+        rows = list(csv.DictReader(handle))
+    with source.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["path", "label", "subject", "dataset"])
+        writer.writeheader()
+        for index, row in enumerate(rows):
+            writer.writerow({**row, "path": str(subject_manifest.parent / row["path"]), "dataset": f"d{index % 2}"})
+    samples = scan_dataset(source).samples
+    split = split_with_twins(split_dataset(samples, seed=0), SbiConfig(enabled=True), seed=0)
+    written = write_split_manifest(split, tmp_path / "splits.csv", source)
+    with written.open() as handle:
+        listed = list(csv.DictReader(handle))
+    assert list(listed[0]) == ["path", "label", "subject", "split", "dataset"]
+    assert len(listed) == len(samples)  # the twins are made again by evaluate --sbi, not listed
+    expected = {str(s.path.resolve()): (name, ("real", "fake")[s.label], s.subject)
+                for name, part in split.parts().items() for s in part if not s.pseudo_fake}
+    assert {row["path"]: (row["split"], row["label"], row["subject"]) for row in listed} == expected
+    groups = {str((subject_manifest.parent / row["path"]).resolve()): f"d{index % 2}" for index, row in enumerate(rows)}
+    assert all(row["dataset"] == groups[row["path"]] for row in listed)
+    rescanned = scan_dataset(written)
+    assert {s.path: s.split for s in rescanned.samples} == {s.path.resolve(): s.split or name for name, part in
+                                                             split.parts().items() for s in part if not s.pseudo_fake}

@@ -119,3 +119,63 @@ def test_unknown_fault_stops_before_any_work(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="unknown fault 'bogus'"):
         train(_tiny_config(tiny_dataset, tmp_path / "run", faults=("bogus",)))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def real_face_crops(tmp_path_factory):
+    """16 face crops of 16 people from the shared photos, laid out as training.prepare writes them (no fakes)."""
+    import csv
+
+    import cv2
+
+    from handler.faces import FaceConfig
+    from tests.shared_faces import FACES_DIR, face_crop
+    from training.prepare import FACES_FILENAME, FACES_SCHEMA_VERSION
+
+    root = tmp_path_factory.mktemp("face_crops")
+    (root / "real").mkdir()
+    with (FACES_DIR / "manifest.csv").open() as handle:
+        photos = [row for row in csv.DictReader(handle) if row["expression"] == "neutral"][:16]
+    rows = []
+    for row in photos:
+        name = f"real/{row['subject']}.png"
+        cv2.imwrite(str(root / name), cv2.cvtColor(face_crop(row["path"]), cv2.COLOR_RGB2BGR))
+        rows.append([name, "real", row["subject"], row["dataset"]])
+    (root / FACES_FILENAME).write_text(json.dumps({"schema_version": FACES_SCHEMA_VERSION,
+                                                   "faces": FaceConfig().to_dict()}))
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "label", "subject", "dataset"], *rows])
+    return root / "manifest.csv"
+
+
+@pytest.mark.slow  # a real training run (about a minute on 2 cores)
+def test_real_faces_plus_sbi_trains_a_face_model_from_real_photos_alone(real_face_crops, tmp_path):
+    import csv
+
+    from handler.faces import FaceConfig
+    from training.sbi import SbiConfig
+
+    config = TrainConfig(dataset=real_face_crops, output_dir=tmp_path / "run", input_size=64, epochs=1,
+                         batch_size=8, val_fraction=0.25, test_fraction=0.25, device="cpu",
+                         sbi=SbiConfig(enabled=True))
+    result = train(config)
+    report = json.loads(result.report_path.read_text())
+    split = report["data"]["split"]
+    assert split["method"] == "subject+sbi"
+    for name in ("train", "val", "test"):  # one self-blend per real image in every split
+        assert split["splits"][name]["real"] == split["splits"][name]["fake"] > 0
+    metadata = ModelMetadata.load(result.export.model_path.parent / "metadata.json")
+    assert metadata.faces == FaceConfig()  # served on faces cut like the crops it was trained on
+    assert metadata.training["sbi"]["enabled"] is True
+    with (tmp_path / "run" / "splits.csv").open() as handle:
+        listed = list(csv.DictReader(handle))
+    assert len(listed) == 16 and {row["label"] for row in listed} == {"real"}
+    assert {row["dataset"] for row in listed} <= {"london", "amfd"}
+    assert sum(row["split"] == "test" for row in listed) == split["splits"]["test"]["real"]
+
+
+def test_without_sbi_a_real_only_dataset_is_refused(real_face_crops, tmp_path):
+    from training.dataset import DatasetError
+
+    with pytest.raises(DatasetError, match="has no readable 'fake' image"):
+        train(TrainConfig(dataset=real_face_crops, output_dir=tmp_path / "run", device="cpu"))
