@@ -1,5 +1,9 @@
 """TorchServe handler: image bytes in, one JSON verdict (or one JSON error) per request out.
 
+Each image is scored on the regions handler.scoring cuts from it: every detected face for a face
+model, else the whole image. All regions of a batch go through one forward pass; an image takes the
+verdict of its most-fake face.
+
 Packaged into the .mar together with the handler/ package, whose modules it imports; it must
 not import training/. TorchServe finds the handler as the only class defined in this file, so
 helper classes live in the other handler/ modules.
@@ -20,15 +24,32 @@ from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
-from handler.calibration import CALIBRATION_FILENAME, Calibration, softmax
+from handler.calibration import Calibration
 from handler.cpu_threads import apply_cpu_threads, available_cores, most_concurrent_workers, threads_per_worker
-from handler.forensics import ImageDecodeError, decode_rgb, model_input_from_bytes, model_input_from_rgb
+from handler.faces import FaceConfig
+from handler.forensics import ImageDecodeError, decode_rgb
 from handler.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
 from handler.request_body import image_bytes_from_row
 from handler.request_options import RequestOptions, request_options
+from handler.scoring import (
+    REGION_WHOLE_IMAGE,
+    ScoredRegions,
+    load_calibration,
+    most_fake,
+    regions_to_score,
+    scores_from_logits,
+)
 from handler.settings import HandlerSettings
 from handler.torchscript import load_torchscript
-from handler.verdict import STATUS_PHRASES, ItemScores, VerdictPolicy, error_item, uncalibrated_scores, verdict
+from handler.verdict import (
+    STATUS_PHRASES,
+    ItemScores,
+    VerdictPolicy,
+    error_item,
+    face_fields,
+    uncalibrated_scores,
+    verdict,
+)
 from handler.worker_metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
@@ -37,47 +58,59 @@ logger = logging.getLogger(__name__)
 OUT_OF_MEMORY_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
-def load_calibration(model_dir: Path, metadata: ModelMetadata) -> Calibration:
-    """The model's calibration.json, applied by the same code training measured the calibrated metrics with.
-
-    Raises:
-        FileNotFoundError: training calibrated the model but the file is not in the .mar. Serving the raw
-            softmax against a threshold chosen on calibrated scores would be silently wrong, so the worker
-            refuses to start instead.
-
-    """
-    path = model_dir / CALIBRATION_FILENAME
-    if path.is_file():
-        return Calibration.load(path)
-    expected = metadata.training.get("calibration", "none")
-    if expected != "none":
-        raise FileNotFoundError(f"{CALIBRATION_FILENAME} is missing from the model archive, but the model was "
-                                f"trained with '{expected}' calibration; re-package the whole export folder")
-    return Calibration.none()
-
-
-def forward_failure(error: BaseException, items: int, device: torch.device) -> PredictionException:
+def forward_failure(error: BaseException, items: int, device: torch.device, inputs: int | None = None
+                    ) -> PredictionException:
     """The PredictionException TorchServe turns into the whole batch's status when the forward pass fails.
 
     507 (Insufficient Storage, what TorchServe itself answers for out-of-memory) when memory ran out: the
     same request may succeed later or in a smaller batch. 503 for anything else: the model is unusable.
+
+    Args:
+        error: what the forward pass raised.
+        items: images in the batch.
+        device: where the model runs.
+        inputs: rows of the forward pass (one per face, or per image without one), named when they differ
+            from `items` so an operator sees why a small batch ran out of memory.
+
     """
     text = str(error).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
     # A TorchScript model wraps the real error: its traceback first, "builtins.RuntimeError: <why>" last.
     reason = (lines[-1].removeprefix("builtins.") if isinstance(error, torch.jit.Error) else lines[0])[:200]
+    batch = f"a batch of {items} image(s)"
+    if inputs is not None and inputs != items:
+        batch += f" ({inputs} model inputs: one per face)"
     if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)) or any(
             phrase in text.lower() for phrase in OUT_OF_MEMORY_PHRASES):
-        return PredictionException(f"out of memory scoring a batch of {items} image(s) on {device}; retry, or lower "
-                                   f"batchSize / the number of workers", 507)
-    return PredictionException(f"the model failed on a batch of {items} image(s) on {device}: {reason}", 503)
+        return PredictionException(f"out of memory scoring {batch} on {device}; retry, or lower batchSize / the "
+                                   f"number of workers (or the face setting max_faces)", 507)
+    return PredictionException(f"the model failed on {batch} on {device}: {reason}", 503)
+
+
+def scores_by_item(regions: dict[int, ScoredRegions], scores: list[ItemScores]) -> dict[int, list[ItemScores]]:
+    """Splits the forward pass's scores (every region of the batch, in order) back into one list per item.
+
+    Raises:
+        ValueError: the scores do not match the regions in number (the model answered for a different batch).
+
+    """
+    grouped: dict[int, list[ItemScores]] = {}
+    start = 0
+    for index, item in regions.items():
+        grouped[index] = scores[start:start + len(item.inputs)]
+        start += len(item.inputs)
+    if start != len(scores):
+        raise ValueError(f"{len(scores)} scores for {start} scored regions")
+    return grouped
 
 
 class DeepfakeHandler(BaseHandler):
     """Scores a batch of images with the exported TorchScript detector.
 
     Each request of a batch is decoded on its own: one that fails gets its own 4xx status and
-    JSON error while the others are scored, so one bad upload never costs its neighbours.
+    JSON error while the others are scored, so one bad upload never costs its neighbours. Each
+    decoded image yields one model input per detected face (or one for the whole image), and all
+    of them go through a single forward pass.
     """
 
     def __init__(self) -> None:
@@ -88,6 +121,7 @@ class DeepfakeHandler(BaseHandler):
         self.policy = VerdictPolicy()
         self.model_info: dict[str, Any] = {}
         self.metrics = WorkerMetrics(None, "")
+        self.face_config: FaceConfig | None = None
 
     def initialize(self, context: Any) -> None:
         """Loads metadata.json, calibration.json (when the .mar has one) and the TorchScript model once per worker.
@@ -107,6 +141,10 @@ class DeepfakeHandler(BaseHandler):
             preprocessing = replace(self.metadata.preprocessing, max_image_pixels=self.settings.max_image_pixels)
             self.metadata = replace(self.metadata, preprocessing=preprocessing)
         self.calibration = load_calibration(model_dir, self.metadata)
+        self.face_config = self.settings.face_config(self.metadata.faces)
+        if self.metadata.faces is not None and self.face_config is None:
+            logger.warning("this model was trained on face crops but model-config.yaml sets faces: off; whole "
+                           "images are scored, which it was not trained on")
         threshold = self.settings.threshold if self.settings.threshold is not None else self.metadata.threshold
         self.policy = VerdictPolicy(threshold=threshold, borderline_band=self.settings.borderline_band)
 
@@ -134,16 +172,18 @@ class DeepfakeHandler(BaseHandler):
         logger.info("deepfake handler ready: %s, %d torch threads", self.model_info, torch.get_num_threads())
 
     def _warm_up(self, runs: int) -> None:
-        """Decodes a small image and runs dummy batches before the first client waits on it.
+        """Decodes a small image, cuts its regions (face search included) and runs dummy batches before clients come.
 
-        The first decode pays for codec set-up and TorchScript's profiling executor optimises
-        during its first runs: measured 18 ms and 144 ms on a cold worker, 2 ms and 22 ms warm.
+        The first decode pays for codec set-up, the first detection loads the face cascade (~30 ms), and
+        TorchScript's profiling executor optimises during its first runs: measured 18 ms and 144 ms on a
+        cold worker, 2 ms and 22 ms warm.
         """
         assert self.metadata is not None
         sample = io.BytesIO()
         Image.new("RGB", (32, 32), (128, 96, 80)).save(sample, format="JPEG")
         rgb = decode_rgb(sample.getvalue(), max_image_pixels=32 * 32)  # its own limit: the served one may be lower
-        dummy = model_input_from_rgb(rgb, self.metadata.preprocessing)[None].to(self.device)
+        regions = regions_to_score(rgb, self.metadata.preprocessing, self.face_config)
+        dummy = regions.inputs[0][None].to(self.device)
         with torch.inference_mode():
             for _ in range(runs):
                 self.model(dummy)
@@ -171,22 +211,24 @@ class DeepfakeHandler(BaseHandler):
                 errors[index] = ImageDecodeError("invalid_option", "the request's options could not be read")
         return options, errors
 
-    def preprocess(
+    def regions(
         self, data: list[dict[str, Any]], refused: dict[int, ImageDecodeError] | None = None
-    ) -> tuple[torch.Tensor | None, dict[int, ImageDecodeError]]:
-        """Decodes every request not already refused; returns the batch of the good ones and the errors by index.
+    ) -> tuple[dict[int, ScoredRegions], dict[int, ImageDecodeError]]:
+        """Decodes every request not already refused (once) and cuts the regions to score from it, by index.
 
-        Whatever a client sends, the outcome is a tensor or an ImageDecodeError for that item alone: an
+        Whatever a client sends, the outcome is its regions or an ImageDecodeError for that item alone: an
         unexpected exception while decoding is logged with its traceback and becomes a 400 corrupt_image.
         """
         assert self.metadata is not None, "initialize() must run first"
-        tensors: list[torch.Tensor] = []
+        preprocessing = self.metadata.preprocessing
+        regions: dict[int, ScoredRegions] = {}
         errors = dict(refused or {})
         for index, row in enumerate(data):
             if index in errors:
                 continue
             try:
-                tensors.append(model_input_from_bytes(image_bytes_from_row(row), self.metadata.preprocessing))
+                rgb = decode_rgb(image_bytes_from_row(row), preprocessing.max_image_pixels)
+                regions[index] = regions_to_score(rgb, preprocessing, self.face_config)
             except ImageDecodeError as error:
                 errors[index] = error
             except MemoryError:
@@ -195,11 +237,26 @@ class DeepfakeHandler(BaseHandler):
                 logger.exception("item %d of the batch could not be preprocessed", index)
                 errors[index] = ImageDecodeError(
                     "corrupt_image", f"the image could not be processed ({type(error).__name__})")
-        batch = torch.stack(tensors).to(self.device, non_blocking=True) if tensors else None
-        return batch, errors
+        return regions, errors
 
-    def inference(self, batch: torch.Tensor) -> list[ItemScores]:
-        """Calibrated and raw probability of fake for each image of the batch.
+    def model_batch(self, regions: dict[int, ScoredRegions]) -> torch.Tensor | None:
+        """Every region of the batch stacked in item order, on the model's device; None when there is none."""
+        inputs = [tensor for item in regions.values() for tensor in item.inputs]
+        return torch.stack(inputs).to(self.device, non_blocking=True) if inputs else None
+
+    def preprocess(
+        self, data: list[dict[str, Any]], refused: dict[int, ImageDecodeError] | None = None
+    ) -> tuple[torch.Tensor | None, dict[int, ImageDecodeError]]:
+        """The model batch of every request not refused (one row per region) and the errors by index."""
+        regions, errors = self.regions(data, refused)
+        return self.model_batch(regions), errors
+
+    def inference(self, batch: torch.Tensor, images: int | None = None) -> list[ItemScores]:
+        """Calibrated and raw probability of fake for each row of the batch (an image or a face crop).
+
+        Args:
+            batch: model inputs [N, 4, H, W].
+            images: how many images the rows were cut from, for the failure message (default: N).
 
         Raises:
             PredictionException: the forward pass failed (507 when out of memory, else 503), so TorchServe
@@ -211,31 +268,43 @@ class DeepfakeHandler(BaseHandler):
             with torch.inference_mode():
                 logits = self.model(batch).float().cpu().numpy()
         except Exception as error:  # noqa: BLE001 - every failure becomes a status TorchServe can answer with
-            logger.exception("forward pass failed on a batch of %d", len(batch))
-            raise forward_failure(error, len(batch), self.device) from error
-        fake = self.metadata.fake_index
-        calibrated = self.calibration.probabilities(logits, fake)[:, fake]
-        raw = softmax(logits)[:, fake]
-        return [ItemScores(float(c), float(r)) for c, r in zip(calibrated, raw, strict=True)]
+            logger.exception("forward pass failed on a batch of %d model inputs", len(batch))
+            items = len(batch) if images is None else images
+            raise forward_failure(error, items, self.device, inputs=len(batch)) from error
+        return scores_from_logits(logits, self.calibration, self.metadata.fake_index)
+
+    def scored_item(self, region: ScoredRegions, scores: list[ItemScores], uncalibrated: bool) -> dict[str, Any]:
+        """The response of one scored image: the verdict of its most-fake region, and its faces.
+
+        The image-level fields (label, probability_fake, confidence, probabilities, threshold, calibrated,
+        borderline, uncalibrated) are the deciding face's, so an image is as fake as its most-fake face.
+        """
+        decided_by = most_fake(scores)
+        decider = scores[decided_by]
+        item = verdict(decider.calibrated, self.policy, calibrated=self.calibration.method != "none")
+        if uncalibrated:
+            item["uncalibrated"] = uncalibrated_scores(decider.uncalibrated)
+        item["scored"] = region.scored
+        boxes = None if region.scored == REGION_WHOLE_IMAGE else [box.to_list() for box in region.boxes]
+        item.update(face_fields(boxes, scores, decided_by, self.policy, uncalibrated))
+        return item
 
     def postprocess(
         self,
-        scores: dict[int, ItemScores],
+        scores: dict[int, list[ItemScores]],
+        regions: dict[int, ScoredRegions],
         errors: dict[int, ImageDecodeError],
         timing: dict[str, float],
         options: list[RequestOptions],
     ) -> list[dict[str, Any]]:
         """One JSON object per request, in request order; sets each failed request's HTTP status."""
         responses: list[dict[str, Any]] = []
-        calibrated = self.calibration.method != "none"
         for index in range(len(options)):
             if index in errors:
                 status, item = error_item(errors[index])
                 self.context.set_response_status(status, STATUS_PHRASES[status], index)
             else:
-                item = verdict(scores[index].calibrated, self.policy, calibrated=calibrated)
-                if options[index].uncalibrated:
-                    item["uncalibrated"] = uncalibrated_scores(scores[index].uncalibrated)
+                item = self.scored_item(regions[index], scores[index], options[index].uncalibrated)
                 item["model"] = self.model_info
                 item["timing_ms"] = timing
             request_id = self.context.get_request_id(index)
@@ -249,7 +318,9 @@ class DeepfakeHandler(BaseHandler):
 
         The model's identity, the settings in force (threshold after any override, band, limits,
         threads) and the training run's headline metrics, so an operator can tell which model and
-        which decision rule a worker serves without opening the .mar.
+        which decision rule a worker serves without opening the .mar. `faces` says whether images are
+        scored on their faces (mode from model-config.yaml, whether the model was trained on faces, and the
+        face settings in force, None when whole images are scored).
         """
         assert self.metadata is not None, "initialize() must run first"
         training = self.metadata.training
@@ -261,6 +332,11 @@ class DeepfakeHandler(BaseHandler):
             "input_size": list(self.metadata.preprocessing.input_size),
             "torch_threads": torch.get_num_threads(),
             "cpu_cores": available_cores(),  # with torch_threads, lets ops warn when workers oversubscribe
+            "faces": {
+                "mode": self.settings.faces,
+                "face_model": self.metadata.faces is not None,
+                "config": None if self.face_config is None else self.face_config.to_dict(),
+            },
             "training": {
                 "calibration": training.get("calibration"),
                 "threshold_rule": training.get("threshold_rule"),
@@ -279,27 +355,28 @@ class DeepfakeHandler(BaseHandler):
             return [self.describe_handle()]
         started = time.perf_counter()
         options, refused = self.read_options(data)
-        batch, errors = self.preprocess(data, refused)
+        regions, errors = self.regions(data, refused)
+        batch = self.model_batch(regions)
         preprocessed = time.perf_counter()
         preprocess_ms = round((preprocessed - started) * 1000.0, 3)
-        scored_indices = [index for index in range(len(data)) if index not in errors]
         try:
-            item_scores = self.inference(batch) if batch is not None else []
+            region_scores = self.inference(batch, images=len(regions)) if batch is not None else []
         except PredictionException as failure:
             # TorchServe answers every request of the batch with the failure's status: count them all.
             self._count_failed_batch(len(data), preprocess_ms, failure)
             raise
         finished = time.perf_counter()
-        scores = dict(zip(scored_indices, item_scores, strict=True))
-        for index, item in list(scores.items()):
-            if not (math.isfinite(item.calibrated) and math.isfinite(item.uncalibrated)):  # broken weights
+        scores = scores_by_item(regions, region_scores)
+        for index, item_scores in list(scores.items()):
+            if not all(math.isfinite(s.calibrated) and math.isfinite(s.uncalibrated) for s in item_scores):
                 errors[index] = ImageDecodeError("non_finite_score", "the model produced no finite score for this "
-                                                 "image; it is logged for the operators")
-                logger.error("non-finite score %r for item %d", item, index)
+                                                 "image; it is logged for the operators")  # broken weights
+                logger.error("non-finite score %r for item %d", item_scores, index)
                 del scores[index]
         inference_ms = round((finished - preprocessed) * 1000.0, 3)
-        timing = {"preprocess": preprocess_ms, "inference": inference_ms, "batch_size": len(data)}
-        responses = self.postprocess(scores, errors, timing, options)
+        timing = {"preprocess": preprocess_ms, "inference": inference_ms, "batch_size": len(data),
+                  "model_inputs": 0 if batch is None else len(batch)}
+        responses = self.postprocess(scores, regions, errors, timing, options)
         self._count(responses, preprocess_ms, inference_ms if batch is not None else None)
         return responses
 
@@ -319,3 +396,4 @@ class DeepfakeHandler(BaseHandler):
                 self.metrics.item_error(item["error"]["code"], request_id)
             else:
                 self.metrics.prediction(item["label"], request_id)
+                self.metrics.scored_image(item["scored"], len(item.get("faces", ())), request_id)

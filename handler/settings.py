@@ -12,7 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from handler.faces import FaceConfig
+
 SECTION = "handler"
+# `faces:` values. auto: find faces when the model was trained on face crops (metadata.json has `faces`), score
+# whole images otherwise; on: find faces for any model; off: always score the whole image.
+FACE_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class HandlerSettings:
         borderline_band: (low, high) with 0.5 <= low < high <= 1: confidences under `high` are flagged.
         torch_threads: torch (and OpenCV) threads per CPU worker; 0 = cores / maxWorkers.
         warmup_runs: dummy forward passes at worker start, so the first client does not pay for them.
+        faces: one of FACE_MODES: whether each image is scored once per detected face or as a whole.
 
     """
 
@@ -34,6 +40,27 @@ class HandlerSettings:
     borderline_band: tuple[float, float] = (0.5, 0.7)
     torch_threads: int = 0
     warmup_runs: int = 2
+    faces: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.faces not in FACE_MODES:
+            raise ValueError(f"handler setting 'faces' must be one of {list(FACE_MODES)}, got {self.faces!r}")
+
+    def face_config(self, exported: FaceConfig | None) -> FaceConfig | None:
+        """How faces are found and cut for this worker, or None to score whole images.
+
+        A face model must see faces cut as in training, so `auto` and `on` use the exported settings; `on`
+        with a whole-image model (nothing exported) uses FaceConfig's defaults.
+
+        Args:
+            exported: metadata.json's `faces` (None for a model trained on whole images).
+
+        """
+        if self.faces == "off":
+            return None
+        if self.faces == "on":
+            return exported if exported is not None else FaceConfig()
+        return exported
 
     @classmethod
     def known(cls) -> list[str]:
@@ -65,6 +92,8 @@ class HandlerSettings:
         for name in ("torch_threads", "warmup_runs"):
             if name in section:
                 values[name] = _whole_number(name, section[name], minimum=0)
+        if "faces" in section:
+            values["faces"] = _face_mode(section["faces"])
         return cls(**values)
 
 
@@ -92,3 +121,12 @@ def _band(value: Any) -> tuple[float, float]:
     if not 0.5 <= low < high <= 1.0:
         raise ValueError(f"handler setting 'borderline_band' must satisfy 0.5 <= low < high <= 1, got {[low, high]}")
     return low, high
+
+
+def _face_mode(value: Any) -> str:
+    # TorchServe parses model-config.yaml with PyYAML (YAML 1.1), which reads an unquoted on / off as true / false.
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str) and value in FACE_MODES:
+        return value
+    raise ValueError(f"handler setting 'faces' must be one of {list(FACE_MODES)}, got {value!r}")

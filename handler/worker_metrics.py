@@ -36,13 +36,18 @@ PREDICTIONS = MetricSpec("DeepfakePredictions", MetricTypes.COUNTER, "Count", (M
 ITEM_ERRORS = MetricSpec("DeepfakeItemErrors", MetricTypes.COUNTER, "Count", (MODEL_NAME, "ErrorCode"))
 BATCHES = MetricSpec("DeepfakeBatches", MetricTypes.COUNTER, "Count", (MODEL_NAME,))
 BATCH_ITEMS = MetricSpec("DeepfakeBatchItems", MetricTypes.COUNTER, "Count", (MODEL_NAME,))
+# What each scored image was scored on (handler.scoring: faces, whole_image_no_face, whole_image): a rising share
+# of whole_image_no_face means uploads stopped showing faces a face model can judge. Faces counts the crops.
+SCORED_IMAGES = MetricSpec("DeepfakeScoredImages", MetricTypes.COUNTER, "Count", (MODEL_NAME, "Scored"))
+SCORED_FACES = MetricSpec("DeepfakeScoredFaces", MetricTypes.COUNTER, "Count", (MODEL_NAME,))
 # Histograms: TorchServe 0.12 exports them in prometheus mode (_bucket/_sum/_count) with the Prometheus
 # client's default buckets (0.005 ... 10), which fit seconds (5 ms ... 10 s), the Prometheus convention; in
 # ms they would only resolve sub-10 ms batches. rate(_sum)/rate(_count) is the mean per batch. Inference is
 # observed only for batches with a forward pass.
 PREPROCESS_SECONDS = MetricSpec("DeepfakePreprocessSeconds", MetricTypes.HISTOGRAM, "s", (MODEL_NAME,))
 INFERENCE_SECONDS = MetricSpec("DeepfakeInferenceSeconds", MetricTypes.HISTOGRAM, "s", (MODEL_NAME,))
-ALL_METRICS = (PREDICTIONS, ITEM_ERRORS, BATCHES, BATCH_ITEMS, PREPROCESS_SECONDS, INFERENCE_SECONDS)
+ALL_METRICS = (PREDICTIONS, ITEM_ERRORS, BATCHES, BATCH_ITEMS, SCORED_IMAGES, SCORED_FACES, PREPROCESS_SECONDS,
+               INFERENCE_SECONDS)
 
 
 class WorkerMetrics:
@@ -71,6 +76,15 @@ class WorkerMetrics:
     def prediction(self, label: str, request_id: str | None) -> None:
         """One scored item, by label."""
         self._emit(PREDICTIONS, 1, (label,), request_id)
+
+    def scored_image(self, scored: str, faces: int, request_id: str | None) -> None:
+        """One scored image: what was scored (its faces or the whole image) and how many faces.
+
+        The face counter is not touched for an image without faces, so a whole-image model emits none.
+        """
+        self._emit(SCORED_IMAGES, 1, (scored,), request_id)
+        if faces > 0:
+            self._emit(SCORED_FACES, faces, (), request_id)
 
     def item_error(self, code: str, request_id: str | None) -> None:
         """One item answered with an error, by code.

@@ -113,3 +113,38 @@ def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     server = TorchServe(config).start()
     yield server
     server.stop()
+
+
+# --- face models: real face photos read in place, and the tiny export turned into a face model -----------------
+
+FACE_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "faces"
+FACE_MODEL = "deepfake_faces"
+
+
+@pytest.fixture(scope="session")
+def face_photos_dir() -> Path:
+    """The real face photos (../shared/data/faces: manifest.csv, london/, amfd/), read in place, never copied."""
+    if not (FACE_PHOTOS / "manifest.csv").is_file():
+        raise FileNotFoundError(f"{FACE_PHOTOS / 'manifest.csv'} is missing: the face tests read the shared face "
+                                f"photos from ../shared/data/faces next to the repository (see its README.md)")
+    return FACE_PHOTOS
+
+
+@pytest.fixture(scope="session")
+def face_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny export whose metadata.json has `faces` (FaceConfig defaults): served as a face model."""
+    from handler.faces import FaceConfig
+    from handler.metadata import METADATA_FILENAME
+
+    folder = tmp_path_factory.mktemp("face_export") / "export"
+    shutil.copytree(tiny_export, folder)
+    metadata = json.loads((folder / METADATA_FILENAME).read_text())
+    metadata["faces"] = FaceConfig().to_dict()
+    (folder / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def face_model_archive(face_export: Path, model_store: Path) -> Path:
+    """deepfake_faces.mar (the face export, scripts/package_model.py) in the shared model store, not registered."""
+    return package_model(PackageConfig(export_dir=face_export, model_store=model_store, model_name=FACE_MODEL))

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from handler.faces import FaceConfig
 from handler.settings import HandlerSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -16,6 +17,7 @@ def test_the_shipped_model_config_is_valid_and_read_as_written():
     assert settings.borderline_band == tuple(section["borderline_band"])
     assert (settings.torch_threads, settings.warmup_runs) == (section["torch_threads"], section["warmup_runs"])
     assert settings.threshold is None  # commented out: metadata.json's threshold applies
+    assert settings.faces == section["faces"] == "auto"
 
 
 @pytest.mark.parametrize("model_config", [None, {}, {"handler": None}, {"minWorkers": 1}])
@@ -29,7 +31,7 @@ def test_unknown_setting_names_itself_and_the_known_ones():
     message = str(raised.value)
     assert "'treshold'" in message
     assert all(name in message for name in ("threshold", "max_image_pixels", "borderline_band", "torch_threads",
-                                            "warmup_runs"))
+                                            "warmup_runs", "faces"))
 
 
 @pytest.mark.parametrize(("settings", "named"), [
@@ -47,6 +49,10 @@ def test_unknown_setting_names_itself_and_the_known_ones():
     ({"max_image_pixels": 4e7}, "'max_image_pixels'"),
     ({"torch_threads": -1}, "'torch_threads'"),
     ({"warmup_runs": 1.5}, "'warmup_runs'"),
+    ({"faces": "yes"}, "'faces' must be one of \\['auto', 'on', 'off'\\]"),
+    ({"faces": "Auto"}, "'faces'"),
+    ({"faces": 1}, "'faces'"),
+    ({"faces": None}, "'faces'"),
 ])
 def test_invalid_values_are_refused_with_the_setting_named(settings, named):
     with pytest.raises(ValueError, match=named):
@@ -57,3 +63,26 @@ def test_valid_edges_are_accepted():
     settings = HandlerSettings.from_model_config({"handler": {"threshold": 0, "borderline_band": [0.5, 1],
                                                               "torch_threads": 3, "warmup_runs": 0}})
     assert settings == HandlerSettings(threshold=0.0, borderline_band=(0.5, 1.0), torch_threads=3, warmup_runs=0)
+
+
+@pytest.mark.parametrize(("written", "mode"), [("auto", "auto"), ("on", "on"), ("off", "off"),
+                                               (True, "on"), (False, "off")])
+def test_face_mode_is_read_as_written_and_yaml_booleans_are_on_and_off(written, mode):
+    assert HandlerSettings.from_model_config({"handler": {"faces": written}}).faces == mode
+
+
+def test_unquoted_on_and_off_in_yaml_mean_on_and_off():
+    # TorchServe reads model-config.yaml with PyYAML's safe_load, where a bare on / off is a boolean.
+    for text, mode in (("faces: on", "on"), ("faces: off", "off"), ("faces: 'off'", "off")):
+        assert HandlerSettings.from_model_config({"handler": yaml.safe_load(text)}).faces == mode
+
+
+def test_face_config_in_force_per_mode():
+    exported = FaceConfig(margin=0.5, max_faces=2)
+    assert HandlerSettings(faces="auto").face_config(exported) is exported
+    assert HandlerSettings(faces="auto").face_config(None) is None  # a whole-image model scores whole images
+    assert HandlerSettings(faces="on").face_config(exported) is exported  # cut as in training
+    assert HandlerSettings(faces="on").face_config(None) == FaceConfig()
+    assert HandlerSettings(faces="off").face_config(exported) is None
+    with pytest.raises(ValueError, match="'faces'"):
+        HandlerSettings(faces="sometimes")

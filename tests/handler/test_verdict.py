@@ -1,7 +1,16 @@
 import pytest
 
 from handler.forensics import ImageDecodeError
-from handler.verdict import VerdictPolicy, error_item, verdict
+from handler.verdict import (
+    NO_FACE_NOTE,
+    ItemScores,
+    VerdictPolicy,
+    error_item,
+    face_fields,
+    face_verdict,
+    uncalibrated_scores,
+    verdict,
+)
 
 
 @pytest.mark.parametrize(
@@ -38,3 +47,43 @@ def test_error_items_carry_status_code_and_message(code, status):
 def test_borderline_at_a_validation_chosen_threshold(probability, label, borderline):
     item = verdict(probability, VerdictPolicy(threshold=0.2), calibrated=True)
     assert (item["label"], item["borderline"]) == (label, borderline)
+
+
+def test_a_face_is_judged_by_the_image_policy():
+    policy = VerdictPolicy(threshold=0.2, borderline_band=(0.5, 0.8))
+    for probability in (0.1, 0.25, 0.75, 0.95):
+        entry = face_verdict([10, 20, 30, 40], ItemScores(probability, 0.5), policy, uncalibrated=False)
+        image = verdict(probability, policy, calibrated=True)
+        assert entry == {"box": [10, 20, 30, 40], "probability_fake": image["probability_fake"],
+                         "confidence": image["confidence"], "label": image["label"], "borderline": image["borderline"]}
+
+
+def test_a_face_carries_its_raw_probability_only_when_asked():
+    entry = face_verdict((1, 2, 3, 4), ItemScores(0.8, 0.61), VerdictPolicy(), uncalibrated=True)
+    assert entry["uncalibrated"] == uncalibrated_scores(0.61) and entry["probability_fake"] == 0.8
+    assert entry["box"] == [1, 2, 3, 4] and all(type(value) is int for value in entry["box"])
+
+
+def test_face_fields_list_every_face_and_the_deciding_one():
+    scores = [ItemScores(0.2, 0.3), ItemScores(0.9, 0.7)]
+    fields = face_fields([[0, 0, 50, 50], [60, 0, 40, 40]], scores, 1, VerdictPolicy(), uncalibrated=False)
+    assert fields["decided_by_face"] == 1
+    assert [face["probability_fake"] for face in fields["faces"]] == [0.2, 0.9]
+    assert [face["label"] for face in fields["faces"]] == ["real", "fake"]
+    assert "note" not in fields
+
+
+def test_no_face_found_says_so_and_how_to_fix_it():
+    fields = face_fields([], [ItemScores(0.4, 0.4)], 0, VerdictPolicy(), uncalibrated=False)
+    assert fields == {"faces": [], "note": NO_FACE_NOTE}
+    assert "No face was found" in NO_FACE_NOTE and "crop" in NO_FACE_NOTE
+
+
+def test_faces_not_looked_for_add_nothing():
+    assert face_fields(None, [ItemScores(0.4, 0.4)], 0, VerdictPolicy(), uncalibrated=True) == {}
+
+
+@pytest.mark.parametrize(("boxes", "decided_by"), [([[0, 0, 5, 5]], 1), ([[0, 0, 5, 5], [9, 9, 5, 5]], 0)])
+def test_face_fields_refuse_boxes_and_scores_that_disagree(boxes, decided_by):
+    with pytest.raises(ValueError, match="do not match"):
+        face_fields(boxes, [ItemScores(0.1, 0.1)], decided_by, VerdictPolicy(), uncalibrated=False)

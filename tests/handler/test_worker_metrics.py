@@ -13,6 +13,8 @@ from handler.worker_metrics import (
     ITEM_ERRORS,
     PREDICTIONS,
     PREPROCESS_SECONDS,
+    SCORED_FACES,
+    SCORED_IMAGES,
     WorkerMetrics,
 )
 from tests.handler.metric_log import metric_lines
@@ -33,12 +35,13 @@ def test_exact_names_types_units_and_dimensions_are_declared():
     declared = yaml.safe_load(METRICS_YAML.read_text())["model_metrics"]
     assert {spec.name for spec in ALL_METRICS} == {
         "DeepfakePredictions", "DeepfakeItemErrors", "DeepfakeBatches", "DeepfakeBatchItems",
-        "DeepfakePreprocessSeconds", "DeepfakeInferenceSeconds"}
+        "DeepfakePreprocessSeconds", "DeepfakeInferenceSeconds", "DeepfakeScoredImages", "DeepfakeScoredFaces"}
     for spec in ALL_METRICS:
         entry = next(item for item in declared[spec.kind.value] if item["name"] == spec.name)
         assert (entry["unit"], tuple(entry["dimensions"])) == (spec.unit, spec.dimensions), spec.name
     assert PREDICTIONS.dimensions == ("ModelName", "Label") and ITEM_ERRORS.dimensions == ("ModelName", "ErrorCode")
     assert PREPROCESS_SECONDS.kind.value == INFERENCE_SECONDS.kind.value == "histogram"
+    assert SCORED_IMAGES.dimensions == ("ModelName", "Scored") and SCORED_FACES.kind.value == "counter"
 
 
 def test_torchserve_defaults_are_kept_beside_ours():
@@ -100,3 +103,26 @@ def test_a_value_ts_refuses_is_logged_by_ts_not_raised(caplog):
     assert [line.name for line in metric_lines(caplog)] == ["DeepfakeBatches", "DeepfakePreprocessSeconds",
                                                             "DeepfakeInferenceSeconds"]
     assert any("Counter metric update value cannot be negative" in r.getMessage() for r in caplog.records)
+
+
+def test_scored_images_count_by_what_was_scored_and_faces_by_crop(caplog):
+    caplog.set_level(logging.INFO)
+    metrics = WorkerMetrics(real_cache(), "deepfake")
+    metrics.scored_image("faces", 2, "req-1")
+    metrics.scored_image("whole_image_no_face", 0, "req-2")  # no face: the face counter is not touched
+    metrics.scored_image("whole_image", 0, None)
+    lines = [(line.name, line.type, line.value, line.dimensions, line.request_id) for line in metric_lines(caplog)]
+    assert lines == [
+        ("DeepfakeScoredImages", "COUNTER", 1.0, {"ModelName": "deepfake", "Scored": "faces"}, "req-1"),
+        ("DeepfakeScoredFaces", "COUNTER", 2.0, {"ModelName": "deepfake"}, "req-1"),
+        ("DeepfakeScoredImages", "COUNTER", 1.0, {"ModelName": "deepfake", "Scored": "whole_image_no_face"}, "req-2"),
+        ("DeepfakeScoredImages", "COUNTER", 1.0, {"ModelName": "deepfake", "Scored": "whole_image"}, None),
+    ]
+
+
+def test_undeclared_face_metrics_never_raise(caplog):
+    caplog.set_level(logging.INFO)
+    WorkerMetrics(real_cache(TORCHSERVE_DEFAULT_YAML), "deepfake").scored_image("faces", 3, "req-1")
+    warnings = sorted(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert warnings == sorted(f"metric {spec.name} could not be emitted (is it declared in metrics.yaml?)"
+                              for spec in (SCORED_IMAGES, SCORED_FACES))
