@@ -9,7 +9,7 @@ number computed here is the ECE in the reliability legend (training.metrics).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,4 +114,59 @@ def plot_reliability(labels: np.ndarray, probability_before: np.ndarray, probabi
     axes.set(title=f"Reliability, {bins} equal-width bins", xlabel="mean predicted probability of fake",
              ylabel="fraction of images that are fake")
     axes.legend(loc="upper left")
+    return _save(figure, path)
+
+
+def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "ROC") -> Path:
+    """Several ROC curves on one chart, e.g. clean images and each degradation of them, AUC of each in the legend.
+
+    Args:
+        curves: name → (labels, probability_fake); each needs both classes, as a ROC curve does.
+        path: PNG to write.
+        title: chart title.
+
+    Returns:
+        path.
+
+    """
+    if not curves:
+        raise ValueError("curves is empty: nothing to plot")
+    one_class = [name for name, (labels, _) in curves.items() if len(np.unique(labels)) != 2]
+    if one_class:
+        raise ValueError(f"a ROC curve needs real and fake examples; {one_class} have only one class")
+    figure = _new_figure(5.5, 5.5)
+    axes = figure.subplots()
+    for index, (name, (labels, probability_fake)) in enumerate(curves.items()):
+        RocCurveDisplay.from_predictions(labels, probability_fake, pos_label=1, name=name, ax=axes,
+                                         plot_chance_level=index == len(curves) - 1)
+    axes.set(title=title, xlabel="false positive rate (real called fake)", ylabel="true positive rate (fakes caught)")
+    axes.legend(loc="lower right")
+    return _save(figure, path)
+
+
+def plot_score_histogram(labels: np.ndarray, probability_fake: np.ndarray, path: Path,
+                         threshold: float | None = None, bins: int = 20) -> Path:
+    """Histogram of the probability of fake for real and for fake images, with the decision threshold marked.
+
+    Shows what one AUC hides: how far apart the classes are, and how many of each sit near the threshold.
+    Either class may be absent (e.g. a real-only split), which leaves its bars out.
+    """
+    labels = np.asarray(labels)
+    probability_fake = np.asarray(probability_fake, dtype=np.float64)
+    if labels.shape != probability_fake.shape or labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"labels and probability_fake must be non-empty 1-D arrays of equal length, got shapes "
+                         f"{labels.shape} and {probability_fake.shape}")
+    figure = _new_figure(6, 4)
+    axes = figure.subplots()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for label, name, colour in ((0, "real", "tab:blue"), (1, "fake", "tab:red")):
+        scores = probability_fake[labels == label]
+        if len(scores):
+            axes.hist(scores, bins=edges, alpha=0.55, color=colour, label=f"{name} ({len(scores)})")
+    if threshold is not None:
+        axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    axes.set(title="Scores by true class", xlabel="probability of fake", ylabel="images", xlim=(0.0, 1.0))
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.legend()
+    axes.grid(alpha=0.3)
     return _save(figure, path)

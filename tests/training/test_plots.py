@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from training.metrics import confusion_counts
-from training.plots import plot_confusion_matrix, plot_reliability, plot_roc, plot_training_curves
+from training.plots import (
+    plot_confusion_matrix,
+    plot_reliability,
+    plot_roc,
+    plot_roc_curves,
+    plot_score_histogram,
+    plot_training_curves,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -23,6 +30,10 @@ PLOTS = {
     "roc": lambda path: plot_roc(LABELS, PROBABILITY, path),
     "confusion_matrix": lambda path: plot_confusion_matrix(confusion_counts(LABELS, PROBABILITY, 0.5), path),
     "reliability": lambda path: plot_reliability(LABELS, OVER_CONFIDENT, PROBABILITY, path),
+    "roc_curves": lambda path: plot_roc_curves({"clean": (LABELS, PROBABILITY), "degraded": (LABELS, OVER_CONFIDENT)},
+                                               path),
+    "score_histogram": lambda path: plot_score_histogram(LABELS, PROBABILITY, path, threshold=0.5),
+    "score_histogram_real_only": lambda path: plot_score_histogram(np.zeros(50, int), PROBABILITY[:50], path),
 }
 
 
@@ -53,4 +64,24 @@ def test_bad_inputs_are_refused(tmp_path):
         plot_training_curves([], tmp_path / "curves.png")
     with pytest.raises(ValueError, match="2x2"):
         plot_confusion_matrix([[1, 2, 3]], tmp_path / "confusion.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_roc_curves_draw_one_line_per_condition(tmp_path):
+    # Two conditions with different curves: the second must not hide the first.
+    path = plot_roc_curves({"perfect": (LABELS, LABELS.astype(float)), "chance": (LABELS, rng.random(300))},
+                           tmp_path / "roc.png")
+    image = matplotlib.image.imread(path)[..., :3]
+    reference = plot_roc_curves({"perfect": (LABELS, LABELS.astype(float))}, tmp_path / "one.png")
+    assert np.abs(image - matplotlib.image.imread(reference)[..., :3]).sum() > 100  # the second curve was drawn
+
+
+def test_new_plots_refuse_what_they_cannot_draw(tmp_path):
+    with pytest.raises(ValueError, match="curves is empty"):
+        plot_roc_curves({}, tmp_path / "roc.png")
+    with pytest.raises(ValueError, match=r"\['real only'\] have only one class"):
+        plot_roc_curves({"fine": (LABELS, PROBABILITY), "real only": (np.zeros(5, int), np.full(5, 0.2))},
+                        tmp_path / "roc.png")
+    with pytest.raises(ValueError, match="equal length"):
+        plot_score_histogram(LABELS, PROBABILITY[:10], tmp_path / "hist.png")
     assert not list(tmp_path.iterdir())
