@@ -494,11 +494,14 @@ class ScoringRun:
 
 
 def score_samples(data: EvaluationData, detector: ExportedDetector, plan: FacePlan, config: EvaluationConfig,
-                  sbi: SbiConfig | None) -> ScoringRun:
+                  sbi: SbiConfig | None, sbi_root: Path | None = None) -> ScoringRun:
     """Decodes each file once, adds its SBI pseudo-fake, perturbs each image, and scores every condition.
 
     The pseudo-fake is made from the clean image and then perturbed like its real, so a robustness row
-    compares the same pairs under the same degradation.
+    compares the same pairs under the same degradation. It is seeded by the file's path relative to
+    `sbi_root` (the prepared dataset's folder, where faces.json lies), as training seeds its fixed
+    validation and test fakes, so evaluating a run's test split with the run's seed scores the very
+    fakes the run's own report measured.
     """
     preprocess = detector.metadata.preprocessing
     scorer = _BatchScorer(detector, config.batch_size)
@@ -507,6 +510,7 @@ def score_samples(data: EvaluationData, detector: ExportedDetector, plan: FacePl
     root = data.scanned.root
     for sample in tqdm(data.samples, desc="evaluating", unit="image", disable=None, dynamic_ncols=True):
         key = relative_key(sample.path, root)
+        sbi_key = relative_key(sample.path, sbi_root) if sbi_root is not None else key
         rgb = decode_rgb(sample.path.read_bytes(), preprocess.max_image_pixels)
         images = [(sample.label, False, rgb)]
         if sbi is not None and sample.label == CLASS_NAMES.index("real"):
@@ -514,7 +518,8 @@ def score_samples(data: EvaluationData, detector: ExportedDetector, plan: FacePl
             if box is None:
                 run.sbi_no_face.append(key)
             else:
-                images.append((CLASS_NAMES.index("fake"), True, self_blend(rgb, box, sbi, rng_for(key, config.seed))))
+                fake = self_blend(rgb, box, sbi, rng_for(sbi_key, config.seed))
+                images.append((CLASS_NAMES.index("fake"), True, fake))
                 run.sbi_fakes += 1
         for label, is_sbi, image in images:
             for condition in config.conditions:
@@ -807,7 +812,7 @@ def evaluate(config: EvaluationConfig) -> EvaluationResult:
     dataset_faces, faces_json = dataset_face_config(config.dataset, data.scanned.samples)
     plan = resolve_face_plan(config.faces, metadata.faces, dataset_faces)
     sbi = sbi_config_of(metadata.training) if config.sbi else None
-    run = score_samples(data, detector, plan, config, sbi)
+    run = score_samples(data, detector, plan, config, sbi, faces_json.parent if faces_json else None)
 
     threshold = metadata.threshold
     conditions = by_condition(run.items)

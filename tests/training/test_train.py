@@ -173,6 +173,16 @@ def test_real_faces_plus_sbi_trains_a_face_model_from_real_photos_alone(real_fac
     assert {row["dataset"] for row in listed} <= {"london", "amfd"}
     assert sum(row["split"] == "test" for row in listed) == split["splits"]["test"]["real"]
 
+    # The evaluation command, on the run's own test split, scores the very self-blends the run's report measured.
+    from training.evaluate import EvaluationConfig, evaluate
+
+    evaluated = evaluate(EvaluationConfig(
+        model=result.export.model_path.parent, dataset=tmp_path / "run" / "splits.csv",
+        output_dir=tmp_path / "evaluation", split="test", sbi=True, faces="precropped", perturbations=()))
+    reported = report["evaluation"]["calibrated"]
+    assert evaluated.report["metrics"]["roc_auc"] == pytest.approx(reported["roc_auc"], abs=1e-9)
+    assert evaluated.report["metrics"]["ece"] == pytest.approx(reported["ece"], abs=1e-6)
+
 
 def test_without_sbi_a_real_only_dataset_is_refused(real_face_crops, tmp_path):
     from training.dataset import DatasetError
