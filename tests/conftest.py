@@ -19,6 +19,7 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from handler.deepfake_handler import DeepfakeHandler
 from scripts.package_model import PackageConfig, package_model
 from scripts.serve import Ports, ServeConfig, TorchServe
+from tests.shared_faces import FACES_DIR
 from training.config import TrainConfig
 from training.demo_data import DemoDataConfig, write_demo_dataset
 from training.train import TrainResult, train
@@ -117,7 +118,7 @@ def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 # --- face models: real face photos read in place, and the tiny export turned into a face model -----------------
 
-FACE_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "faces"
+FACE_PHOTOS = FACES_DIR  # tests/shared_faces.py: one place knows where the shared photos are
 FACE_MODEL = "deepfake_faces"
 
 
