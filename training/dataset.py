@@ -104,7 +104,7 @@ class ScannedDataset:
         """
         entries = []
         for sample in self.samples:
-            entry: dict[str, Any] = {"path": _relative_key(sample.path, self.root), "label": sample.label}
+            entry: dict[str, Any] = {"path": relative_key(sample.path, self.root), "label": sample.label}
             if sample.subject is not None:
                 entry["subject"] = sample.subject
             if sample.split is not None:
@@ -117,7 +117,12 @@ class ScannedDataset:
         return digest.hexdigest()
 
 
-def _relative_key(path: Path, root: Path) -> str:
+def relative_key(path: Path, root: Path) -> str:
+    """A file's name within its dataset: relative to `root` when inside it, else the full path.
+
+    The fingerprint and the fixed self-blended fakes (training.pseudo_fakes, training.evaluate) key files by
+    it, so a moved dataset keeps both.
+    """
     try:
         return path.relative_to(root).as_posix()
     except ValueError:

@@ -49,7 +49,15 @@ from handler.forensics import PreprocessConfig, decode_rgb
 from handler.metadata import METADATA_FILENAME, MODEL_FILENAME
 from handler.scoring import REGION_NO_FACE, ExportedDetector, ScoredRegions, most_fake, regions_to_score
 from handler.verdict import ItemScores
-from training.dataset import CLASS_NAMES, SPLIT_ALIASES, DatasetError, Sample, ScannedDataset, scan_dataset
+from training.dataset import (
+    CLASS_NAMES,
+    SPLIT_ALIASES,
+    DatasetError,
+    Sample,
+    ScannedDataset,
+    relative_key,
+    scan_dataset,
+)
 from training.jsonsafe import write_json
 from training.metrics import classification_metrics, expected_calibration_error
 from training.plots import plot_reliability, plot_roc_curves, plot_score_histogram
@@ -297,14 +305,6 @@ class EvaluationData:
     def fingerprint(self) -> str:
         """training.dataset's fingerprint of exactly the evaluated files: same files and labels, same value."""
         return replace(self.scanned, samples=self.samples).fingerprint()
-
-
-def relative_key(path: Path, root: Path) -> str:
-    """The path as the report names it (and SBI seeds it): relative to the dataset root when inside it."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 def select_split(samples: Sequence[Sample], split: str | None, source: Path) -> list[Sample]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from handler.faces import FaceBox, FaceConfig, detect_faces
-from training.dataset import CLASS_NAMES, Sample
+from training.dataset import CLASS_NAMES, Sample, relative_key
 from training.sbi import SbiConfig, inner_face_box, rng_for, self_blend
 from training.splits import DatasetSplit
 
@@ -54,20 +54,12 @@ class PseudoFakeMaker:
         """Fixed per file for evaluation splits, fresh for training."""
         if self.fixed_seed is None:
             return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-        return rng_for(_key(sample.path, self.root), self.fixed_seed)
+        key = sample.path.as_posix() if self.root is None else relative_key(sample.path, self.root)
+        return rng_for(key, self.fixed_seed)
 
     def __call__(self, rgb: np.ndarray, sample: Sample) -> np.ndarray:
         """The self-blend of `rgb`, the decoded image of the real `sample`."""
         return self_blend(rgb, self.face_box(rgb), self.config, self.rng(sample))
-
-
-def _key(path: Path, root: Path | None) -> str:
-    if root is not None:
-        try:
-            return path.relative_to(root).as_posix()
-        except ValueError:
-            pass
-    return path.as_posix()
 
 
 def twin(sample: Sample) -> Sample:
