@@ -40,7 +40,7 @@ from handler.scoring import (
     scores_from_logits,
 )
 from handler.settings import HandlerSettings
-from handler.torchscript import load_torchscript
+from handler.torchscript import ServingOptions, load_torchscript
 from handler.verdict import (
     STATUS_PHRASES,
     ItemScores,
@@ -122,6 +122,7 @@ class DeepfakeHandler(BaseHandler):
         self.model_info: dict[str, Any] = {}
         self.metrics = WorkerMetrics(None, "")
         self.face_config: FaceConfig | None = None
+        self.serving = ServingOptions()
 
     def initialize(self, context: Any) -> None:
         """Loads metadata.json, calibration.json (when the .mar has one) and the TorchScript model once per worker.
@@ -157,7 +158,8 @@ class DeepfakeHandler(BaseHandler):
             workers = most_concurrent_workers(context.model_yaml_config, cores)
             apply_cpu_threads(threads_per_worker(cores, workers, self.settings.torch_threads))
 
-        self.model = load_torchscript(model_dir / MODEL_FILENAME, self.device)
+        self.serving = self.settings.serving_options()
+        self.model = self.serving.prepare(load_torchscript(model_dir / MODEL_FILENAME, self.device))
         self._warm_up(self.settings.warmup_runs)
         manifest_model = (context.manifest or {}).get("model", {})
         self.model_info = {
@@ -183,7 +185,7 @@ class DeepfakeHandler(BaseHandler):
         Image.new("RGB", (32, 32), (128, 96, 80)).save(sample, format="JPEG")
         rgb = decode_rgb(sample.getvalue(), max_image_pixels=32 * 32)  # its own limit: the served one may be lower
         regions = regions_to_score(rgb, self.metadata.preprocessing, self.face_config)
-        dummy = regions.inputs[0][None].to(self.device)
+        dummy = self.serving.batch(list(regions.inputs), self.device)
         with torch.inference_mode():
             for _ in range(runs):
                 self.model(dummy)
@@ -242,7 +244,7 @@ class DeepfakeHandler(BaseHandler):
     def model_batch(self, regions: dict[int, ScoredRegions]) -> torch.Tensor | None:
         """Every region of the batch stacked in item order, on the model's device; None when there is none."""
         inputs = [tensor for item in regions.values() for tensor in item.inputs]
-        return torch.stack(inputs).to(self.device, non_blocking=True) if inputs else None
+        return self.serving.batch(inputs, self.device) if inputs else None
 
     def preprocess(
         self, data: list[dict[str, Any]], refused: dict[int, ImageDecodeError] | None = None
@@ -331,6 +333,8 @@ class DeepfakeHandler(BaseHandler):
             "max_image_pixels": self.metadata.preprocessing.max_image_pixels,
             "input_size": list(self.metadata.preprocessing.input_size),
             "torch_threads": torch.get_num_threads(),
+            "optimization": self.serving.optimization,
+            "precision": self.serving.precision,
             "cpu_cores": available_cores(),  # with torch_threads, lets ops warn when workers oversubscribe
             "faces": {
                 "mode": self.settings.faces,

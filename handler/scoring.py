@@ -11,7 +11,7 @@ judging a whole photo is outside what it was trained on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from handler.calibration import CALIBRATION_FILENAME, Calibration, softmax
 from handler.faces import FaceBox, FaceConfig, crop_face, detect_faces
 from handler.forensics import PreprocessConfig, model_input_from_rgb
 from handler.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
-from handler.torchscript import load_torchscript
+from handler.torchscript import ServingOptions, load_torchscript
 from handler.verdict import ItemScores
 
 # What was scored for an image: its faces, the whole image because no face was found, or the whole
@@ -92,24 +92,33 @@ def load_calibration(model_dir: Path, metadata: ModelMetadata) -> Calibration:
 
 @dataclass
 class ExportedDetector:
-    """An export folder (or unpacked .mar) loaded for scoring outside TorchServe, e.g. by training.evaluate."""
+    """An export folder (or unpacked .mar) loaded for scoring outside TorchServe, e.g. by training.evaluate.
+
+    The model is prepared with the same ServingOptions as a worker's (frozen, channels_last by default), so
+    scores match what the service answers for the same inputs.
+    """
 
     model: torch.jit.ScriptModule
     metadata: ModelMetadata
     calibration: Calibration
     device: torch.device
+    serving: ServingOptions = field(default_factory=ServingOptions)
 
     @classmethod
-    def load(cls, folder: Path, device: torch.device | str = "cpu") -> ExportedDetector:
+    def load(cls, folder: Path, device: torch.device | str = "cpu",
+             serving: ServingOptions | None = None) -> ExportedDetector:
         """Reads model.torchscript.pt, metadata.json and calibration.json from `folder`."""
         folder = Path(folder)
         device = torch.device(device)
+        serving = serving or ServingOptions()
         metadata = ModelMetadata.load(folder / METADATA_FILENAME)
         calibration = load_calibration(folder, metadata)
-        return cls(load_torchscript(folder / MODEL_FILENAME, device), metadata, calibration, device)
+        model = serving.prepare(load_torchscript(folder / MODEL_FILENAME, device))
+        return cls(model, metadata, calibration, device, serving)
 
     def score(self, inputs: torch.Tensor) -> list[ItemScores]:
         """Scores a batch [N, 4, H, W] of model inputs."""
+        batch = inputs.to(self.device, dtype=self.serving.dtype, memory_format=self.serving.memory_format)
         with torch.inference_mode():
-            logits = self.model(inputs.to(self.device)).float().cpu().numpy()
+            logits = self.model(batch).float().cpu().numpy()
         return scores_from_logits(logits, self.calibration, self.metadata.fake_index)

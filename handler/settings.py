@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from handler.faces import FaceConfig
+from handler.torchscript import OPTIMIZATIONS, PRECISIONS, ServingOptions
 
 SECTION = "handler"
 # `faces:` values. auto: find faces when the model was trained on face crops (metadata.json has `faces`), score
@@ -32,6 +33,9 @@ class HandlerSettings:
         torch_threads: torch (and OpenCV) threads per CPU worker; 0 = cores / maxWorkers.
         warmup_runs: dummy forward passes at worker start, so the first client does not pay for them.
         faces: one of FACE_MODES: whether each image is scored once per detected face or as a whole.
+        optimization: how the loaded model is prepared (handler.torchscript.OPTIMIZATIONS): frozen and
+            channels_last by default, `none` to serve the exported graph as it is.
+        precision: fp32 (default), bf16 or fp16 weights and inputs (handler.torchscript.PRECISIONS).
 
     """
 
@@ -41,10 +45,20 @@ class HandlerSettings:
     torch_threads: int = 0
     warmup_runs: int = 2
     faces: str = "auto"
+    optimization: str = "frozen_channels_last"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.faces not in FACE_MODES:
             raise ValueError(f"handler setting 'faces' must be one of {list(FACE_MODES)}, got {self.faces!r}")
+        for name, allowed in (("optimization", OPTIMIZATIONS), ("precision", tuple(PRECISIONS))):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"handler setting '{name}' must be one of {list(allowed)}, got {value!r}")
+
+    def serving_options(self) -> ServingOptions:
+        """How the worker prepares and feeds the model."""
+        return ServingOptions(self.optimization, self.precision)
 
     def face_config(self, exported: FaceConfig | None) -> FaceConfig | None:
         """How faces are found and cut for this worker, or None to score whole images.
@@ -94,6 +108,9 @@ class HandlerSettings:
                 values[name] = _whole_number(name, section[name], minimum=0)
         if "faces" in section:
             values["faces"] = _face_mode(section["faces"])
+        for name in ("optimization", "precision"):
+            if name in section:
+                values[name] = section[name]  # checked by __post_init__
         return cls(**values)
 
 

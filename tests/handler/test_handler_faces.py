@@ -65,7 +65,8 @@ def two_face_png(face_photos_dir) -> bytes:
 
 def scores_of(handler, rgb_regions: list[np.ndarray]) -> list[tuple[float, float]]:
     """(calibrated, raw) probability of fake of each RGB region, from the handler's own model run here."""
-    inputs = torch.stack([model_input_from_rgb(rgb, handler.metadata.preprocessing) for rgb in rgb_regions])
+    inputs = handler.serving.batch([model_input_from_rgb(rgb, handler.metadata.preprocessing) for rgb in rgb_regions],
+                                   handler.device)  # in the layout and dtype the handler feeds its prepared model
     with torch.inference_mode():
         logits = handler.model(inputs).numpy()
     fake = handler.metadata.fake_index
