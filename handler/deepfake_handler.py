@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from handler.request_options import RequestOptions, request_options
 from handler.scoring import (
     REGION_WHOLE_IMAGE,
     ScoredRegions,
+    decode_for_scoring,
     load_calibration,
     most_fake,
     regions_to_score,
@@ -229,7 +231,7 @@ class DeepfakeHandler(BaseHandler):
             if index in errors:
                 continue
             try:
-                rgb = decode_rgb(image_bytes_from_row(row), preprocessing.max_image_pixels)
+                rgb = decode_for_scoring(image_bytes_from_row(row), preprocessing, self.face_config)
                 regions[index] = regions_to_score(rgb, preprocessing, self.face_config)
             except ImageDecodeError as error:
                 errors[index] = error
@@ -388,16 +390,15 @@ class DeepfakeHandler(BaseHandler):
         """Metrics of a batch whose forward pass failed: every item is an error (out_of_memory or model_failed)."""
         code = "out_of_memory" if failure.error_code == 507 else "model_failed"
         self.metrics.batch(items, preprocess_ms, None)
-        for index in range(items):
-            self.metrics.item_error(code, self.context.get_request_id(index))
+        self.metrics.outcomes(Counter(), Counter(), 0, Counter({code: items}))
 
     def _count(self, responses: list[dict[str, Any]], preprocess_ms: float, inference_ms: float | None) -> None:
-        """Emits the batch's metrics (never raises: see handler.worker_metrics)."""
+        """Emits the batch's metrics, aggregated per batch (never raises: see handler.worker_metrics)."""
         self.metrics.batch(len(responses), preprocess_ms, inference_ms)
-        for item in responses:
-            request_id = item.get("request_id")
-            if "error" in item:
-                self.metrics.item_error(item["error"]["code"], request_id)
-            else:
-                self.metrics.prediction(item["label"], request_id)
-                self.metrics.scored_image(item["scored"], len(item.get("faces", ())), request_id)
+        scored = [item for item in responses if "error" not in item]
+        self.metrics.outcomes(
+            labels=Counter(item["label"] for item in scored),
+            scored=Counter(item["scored"] for item in scored),
+            faces=sum(len(item.get("faces", ())) for item in scored),
+            errors=Counter(item["error"]["code"] for item in responses if "error" in item),
+        )

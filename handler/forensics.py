@@ -62,6 +62,10 @@ class PreprocessConfig:
         mean: per-channel mean for R, G, B, Laplacian.
         std: per-channel standard deviation for R, G, B, Laplacian.
         max_image_pixels: images with more pixels are refused before decoding (decompression bombs).
+        jpeg_reduced_decode: a whole-image input decodes JPEGs at the smallest 1/2, 1/4 or 1/8 scale that
+            still covers input_size (see :func:`decode_for_model`): 3–4× less decoding and resizing for
+            photos far larger than the input. Training and serving both follow this flag from metadata.json;
+            models exported before it existed lack it and keep full-size decoding.
 
     """
 
@@ -70,6 +74,7 @@ class PreprocessConfig:
     std: tuple[float, float, float, float] = (*IMAGENET_STD, LAPLACIAN_STD)
     max_image_pixels: int = 40_000_000
     channels: tuple[str, ...] = field(default=("red", "green", "blue", "laplacian"))
+    jpeg_reduced_decode: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-friendly form, for metadata.json."""
@@ -293,6 +298,15 @@ def model_input_from_rgb(rgb: np.ndarray, config: PreprocessConfig) -> torch.Ten
     return torch.from_numpy(channels)
 
 
+def decode_for_model(data: bytes, config: PreprocessConfig) -> np.ndarray:
+    """Decodes an image that will be scored whole: reduced JPEG decoding when config.jpeg_reduced_decode.
+
+    Face crops are cut from the full-size decode instead (handler.scoring), so a face keeps every pixel.
+    """
+    height, width = config.input_size
+    return decode_rgb(data, config.max_image_pixels, (width, height) if config.jpeg_reduced_decode else None)
+
+
 def model_input_from_bytes(data: bytes, config: PreprocessConfig) -> torch.Tensor:
     """Image file bytes → model input tensor [4, H, W]. The one function training and serving share."""
-    return model_input_from_rgb(decode_rgb(data, config.max_image_pixels), config)
+    return model_input_from_rgb(decode_for_model(data, config), config)

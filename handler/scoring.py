@@ -19,7 +19,7 @@ import torch
 
 from handler.calibration import CALIBRATION_FILENAME, Calibration, softmax
 from handler.faces import FaceBox, FaceConfig, crop_face, detect_faces
-from handler.forensics import PreprocessConfig, model_input_from_rgb
+from handler.forensics import PreprocessConfig, decode_for_model, decode_rgb, model_input_from_rgb
 from handler.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
 from handler.torchscript import ServingOptions, load_torchscript
 from handler.verdict import ItemScores
@@ -45,6 +45,17 @@ class ScoredRegions:
     scored: str
     boxes: tuple[FaceBox, ...]
     inputs: tuple[torch.Tensor, ...]
+
+
+def decode_for_scoring(data: bytes, preprocess: PreprocessConfig, faces: FaceConfig | None) -> np.ndarray:
+    """Decodes an upload for regions_to_score.
+
+    Full size when faces are looked for, so a face keeps every pixel; else as the model input wants it
+    (reduced JPEG decoding when the model was trained that way).
+    """
+    if faces is None:
+        return decode_for_model(data, preprocess)
+    return decode_rgb(data, preprocess.max_image_pixels)
 
 
 def regions_to_score(rgb: np.ndarray, preprocess: PreprocessConfig, faces: FaceConfig | None) -> ScoredRegions:

@@ -13,6 +13,7 @@ client its answer.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,26 +74,27 @@ class WorkerMetrics:
         if inference_ms is not None:
             self._emit(INFERENCE_SECONDS, inference_ms / 1000.0, ())
 
-    def prediction(self, label: str, request_id: str | None) -> None:
-        """One scored item, by label."""
-        self._emit(PREDICTIONS, 1, (label,), request_id)
+    def outcomes(self, labels: Counter[str], scored: Counter[str], faces: int, errors: Counter[str]) -> None:
+        """A batch's per-item counts, one update per distinct value instead of one per item.
 
-    def scored_image(self, scored: str, faces: int, request_id: str | None) -> None:
-        """One scored image: what was scored (its faces or the whole image) and how many faces.
+        Every update is a log line the Java frontend parses and writes: per item, they cost the frontend more CPU
+        than TorchServe's own request handling (measured: 2.9 ms of frontend CPU per request at 150 requests/s).
 
-        The face counter is not touched for an image without faces, so a whole-image model emits none.
+        Args:
+            labels: scored items by label.
+            scored: scored items by what was scored (faces, whole_image_no_face, whole_image).
+            faces: face crops scored in the batch (no update when 0).
+            errors: items answered with an error, by code.
+
         """
-        self._emit(SCORED_IMAGES, 1, (scored,), request_id)
+        for label, count in sorted(labels.items()):
+            self._emit(PREDICTIONS, count, (label,))
+        for kind, count in sorted(scored.items()):
+            self._emit(SCORED_IMAGES, count, (kind,))
         if faces > 0:
-            self._emit(SCORED_FACES, faces, (), request_id)
-
-    def item_error(self, code: str, request_id: str | None) -> None:
-        """One item answered with an error, by code.
-
-        The code is a per-item one (see handler.verdict), or out_of_memory / model_failed for every item of a
-        batch whose forward pass failed (answered 507 / 503).
-        """
-        self._emit(ITEM_ERRORS, 1, (code,), request_id)
+            self._emit(SCORED_FACES, faces, ())
+        for code, count in sorted(errors.items()):
+            self._emit(ITEM_ERRORS, count, (code,))
 
     def _emit(self, spec: MetricSpec, value: float, dimension_values: tuple[str, ...],
               request_id: str | None = None) -> None:

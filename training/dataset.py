@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from handler.forensics import (
     ImageDecodeError,
     PreprocessConfig,
+    decode_for_model,
     decode_rgb,
     model_input_from_bytes,
     model_input_from_rgb,
@@ -448,7 +449,9 @@ class FaceImageDataset(Dataset):
         data = sample.path.read_bytes()
         if self.augment is None and not sample.pseudo_fake:
             return model_input_from_bytes(data, self.preprocess), label
-        rgb = decode_rgb(data, self.preprocess.max_image_pixels)
+        # Pseudo-fakes blend inside the face, so they need every pixel; augmented whole images decode as served.
+        rgb = (decode_rgb(data, self.preprocess.max_image_pixels) if sample.pseudo_fake
+               else decode_for_model(data, self.preprocess))
         if sample.pseudo_fake:
             assert self.pseudo_fakes is not None  # checked in __init__
             rgb = self.pseudo_fakes(rgb, sample)

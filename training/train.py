@@ -143,7 +143,7 @@ def train_one_epoch(loop: TrainingLoop, description: str) -> dict[str, float]:
     return {"train_loss": total / max(count, 1), "train_images_per_s": count / seconds if seconds else 0.0}
 
 
-def preprocessing_for(model: nn.Module, input_size: int) -> PreprocessConfig:
+def preprocessing_for(model: nn.Module, input_size: int, jpeg_reduced_decode: bool = True) -> PreprocessConfig:
     """The model input recipe, with the RGB normalisation the backbone was pretrained with.
 
     Preprocessing travels with the weights (timm's pretrained_cfg): TF-ported EfficientNet-Lite
@@ -154,7 +154,8 @@ def preprocessing_for(model: nn.Module, input_size: int) -> PreprocessConfig:
     defaults = PreprocessConfig()
     mean = (*pretrained.get("mean", defaults.mean[:3]), defaults.mean[3])
     std = (*pretrained.get("std", defaults.std[:3]), defaults.std[3])
-    return PreprocessConfig(input_size=(input_size, input_size), mean=tuple(mean), std=tuple(std))
+    return PreprocessConfig(input_size=(input_size, input_size), mean=tuple(mean), std=tuple(std),
+                            jpeg_reduced_decode=jpeg_reduced_decode)
 
 
 def _log(context: DistributedContext, message: str) -> None:
@@ -205,7 +206,7 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
     # channels_last: ~25 % faster convolutions on a 2-core AVX-512 CPU (measured), and the fast path on GPUs.
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = create_detector(config.model_name, config.weights).to(device, memory_format=memory_format)
-    preprocess = preprocessing_for(model, config.input_size)
+    preprocess = preprocessing_for(model, config.input_size, config.jpeg_reduced_decode)
     # From here on each rank draws its own augmentation and noise; one rank's draws repeated N times is
     # less augmentation, not more data.
     torch.manual_seed(config.seed + context.rank)

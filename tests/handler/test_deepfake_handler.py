@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,7 +263,7 @@ def test_hostile_batch_gets_per_item_answers_and_the_worker_keeps_serving(handle
     assert again["probability_fake"] == responses[-1]["probability_fake"]
 
 
-def test_metrics_are_emitted_for_every_batch_item_and_error(handler_and_context, tiny_dataset, caplog):
+def test_metrics_count_every_batch_item_and_error_once_per_distinct_value(handler_and_context, tiny_dataset, caplog):
     caplog.set_level(logging.INFO)
     real = (tiny_dataset / "real" / "real_00000.jpg").read_bytes()
     fake = (tiny_dataset / "fake" / "fake_00000.jpg").read_bytes()
@@ -270,10 +271,15 @@ def test_metrics_are_emitted_for_every_batch_item_and_error(handler_and_context,
     responses = handler.handle([{"body": real}, {"body": b"garbage"}, {"body": fake}, {"body": b""},
                                 {"body": real}], context)
     lines = metric_lines(caplog)
-    predictions = [(line.dimensions["Label"], line.request_id) for line in lines if line.name == "DeepfakePredictions"]
-    assert predictions == [(r["label"], r["request_id"]) for r in responses if "error" not in r]
-    errors = [(line.dimensions["ErrorCode"], line.request_id) for line in lines if line.name == "DeepfakeItemErrors"]
-    assert errors == [("not_an_image", "request-1"), ("empty_input", "request-3")]
+    # One line per label / error code per batch: each line costs the Java frontend a parse and a log write.
+    predictions = {line.dimensions["Label"]: line.value for line in lines if line.name == "DeepfakePredictions"}
+    assert sum(1 for line in lines if line.name == "DeepfakePredictions") == len(predictions)
+    assert predictions == Counter(r["label"] for r in responses if "error" not in r)
+    assert sum(predictions.values()) == 3
+    errors = sorted((line.dimensions["ErrorCode"], line.value) for line in lines if line.name == "DeepfakeItemErrors")
+    assert errors == [("empty_input", 1.0), ("not_an_image", 1.0)]
+    scored = [(line.dimensions["Scored"], line.value) for line in lines if line.name == "DeepfakeScoredImages"]
+    assert scored == [("whole_image", 3.0)]
     by_name = {line.name: line for line in lines}
     assert by_name["DeepfakeBatches"].value == 1 and by_name["DeepfakeBatchItems"].value == 5
     assert by_name["DeepfakePreprocessSeconds"].value == pytest.approx(responses[0]["timing_ms"]["preprocess"] / 1000)
@@ -305,9 +311,11 @@ def test_a_failing_forward_pass_fails_the_batch_with_a_clear_status(handler_and_
     assert raised.value.error_code == status and phrase in raised.value.message
     assert "batch of 2 image(s) on cpu" in raised.value.message
     code = "out_of_memory" if status == 507 else "model_failed"
-    assert [(line.name, line.dimensions.get("ErrorCode"), line.request_id) for line in metric_lines(caplog)] == [
-        ("DeepfakeBatches", None, None), ("DeepfakeBatchItems", None, None), ("DeepfakePreprocessSeconds", None, None),
-        ("DeepfakeItemErrors", code, "request-0"), ("DeepfakeItemErrors", code, "request-1")]
+    lines = metric_lines(caplog)
+    assert [(line.name, line.dimensions.get("ErrorCode")) for line in lines] == [
+        ("DeepfakeBatches", None), ("DeepfakeBatchItems", None), ("DeepfakePreprocessSeconds", None),
+        ("DeepfakeItemErrors", code)]
+    assert lines[-1].value == 2  # both items of the failed batch, in one line
     # What TorchServe's worker answers the frontend with: that status and message for the whole batch.
     reply = service_predict(context, handler, [{"body": data}, {"body": data}])
     assert (reply.code, reply.message) == (status, raised.value.message)

@@ -4,12 +4,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from handler.forensics import (
     ImageDecodeError,
     PreprocessConfig,
+    decode_for_model,
     decode_rgb,
+    jpeg_scale,
     laplacian_channel,
     model_input_from_bytes,
     model_input_from_rgb,
@@ -289,3 +291,91 @@ def test_random_bytes_are_not_an_image():
     with pytest.raises(ImageDecodeError) as raised:
         decode_rgb(data)
     assert raised.value.code == "not_an_image"
+
+
+def pillow_upright_rgb(data: bytes, draft: tuple[int, int] | None = None) -> np.ndarray:
+    """What Pillow alone makes of a file (draft() for reduced decoding, exif_transpose): the reference."""
+    with Image.open(io.BytesIO(data)) as image:
+        if draft is not None:
+            image.draft("RGB", draft)
+        image.load()
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def photo_like_rgb(height: int = 300, width: int = 420) -> np.ndarray:
+    """A noisy gradient: JPEG blocks with real high-frequency content, so decoders that differ would show it."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 40, (height, width, 3))
+    return np.clip(np.concatenate([gradient_rgb(height, width)[..., :2], noise[..., :1] * 4], axis=2) + noise,
+                   0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_every_exif_orientation_matches_pillows_exif_transpose(orientation, fmt):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(photo_like_rgb(60, 90)), fmt, exif=exif.tobytes())
+    assert np.array_equal(decode_rgb(data), pillow_upright_rgb(data))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"subsampling": 0}], ids=["baseline", "progressive",
+                                                                                           "4:4:4"])
+def test_jpegs_decode_to_exactly_pillows_pixels(mode, options):
+    data = encode(Image.fromarray(photo_like_rgb()).convert(mode), "JPEG", quality=90, **options)
+    assert np.array_equal(decode_rgb(data), pillow_upright_rgb(data))
+
+
+def test_cmyk_jpeg_still_decodes_through_pillow():
+    data = encode(Image.fromarray(photo_like_rgb()).convert("CMYK"), "JPEG")
+    assert np.array_equal(decode_rgb(data), pillow_upright_rgb(data))
+
+
+@pytest.mark.parametrize(("size", "at_least", "scale"), [
+    ((768, 540), None, 1), ((768, 540), (128, 128), 4), ((768, 540), (200, 200), 2), ((768, 540), (400, 400), 1),
+    ((2048, 2048), (128, 128), 8), ((100, 100), (128, 128), 1), ((1000, 130), (128, 128), 1)])
+def test_jpeg_scale_keeps_both_sides_at_least_the_size_asked_for(size, at_least, scale):
+    assert jpeg_scale(size, at_least) == scale
+    if scale > 1:  # a reduction never goes below the size asked for
+        assert all(-(-side // scale) >= need for side, need in zip(size, at_least, strict=True))
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_reduced_decoding_is_pillows_draft_and_covers_the_size_asked_for(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(photo_like_rgb(540, 768)), "JPEG", exif=exif.tobytes())
+    reduced = decode_rgb(data, at_least=(128, 128))
+    full = decode_rgb(data)
+    assert reduced.shape[:2] == tuple(-(-side // 4) for side in full.shape[:2])  # 1/4 scale, turned upright
+    assert np.array_equal(reduced, pillow_upright_rgb(data, draft=(192, 135)))
+
+
+def test_reduced_decoding_applies_to_jpegs_only():
+    data = encode(Image.fromarray(photo_like_rgb(540, 768)), "PNG")
+    assert np.array_equal(decode_rgb(data, at_least=(128, 128)), decode_rgb(data))
+
+
+def test_truncated_jpeg_with_reduced_decoding_is_still_refused():
+    data = encode(Image.fromarray(photo_like_rgb(540, 768)), "JPEG")
+    with pytest.raises(ImageDecodeError) as error:
+        decode_rgb(data[: len(data) // 2], at_least=(128, 128))
+    assert error.value.code == "corrupt_image"
+
+
+def test_model_input_follows_the_reduced_decoding_flag():
+    data = encode(Image.fromarray(photo_like_rgb(540, 768)), "JPEG")
+    full, reduced = PreprocessConfig(), PreprocessConfig(jpeg_reduced_decode=True)
+    assert torch.equal(model_input_from_bytes(data, full), model_input_from_rgb(decode_rgb(data), full))
+    expected = model_input_from_rgb(decode_rgb(data, at_least=(128, 128)), reduced)
+    assert torch.equal(model_input_from_bytes(data, reduced), expected)
+    assert np.array_equal(decode_for_model(data, reduced), decode_rgb(data, at_least=(128, 128)))
+    assert not torch.equal(expected, model_input_from_bytes(data, full))  # the flag really changes the decode
+
+
+def test_metadata_written_before_the_flag_existed_keeps_full_decoding():
+    values = PreprocessConfig().to_dict()
+    del values["jpeg_reduced_decode"]
+    assert PreprocessConfig.from_dict(values).jpeg_reduced_decode is False
+    assert PreprocessConfig.from_dict(PreprocessConfig(jpeg_reduced_decode=True).to_dict()).jpeg_reduced_decode

@@ -118,5 +118,7 @@ def test_exported_detector_scores_like_the_handler(tiny_export, tiny_dataset, ha
     handler, context = handler_and_context(len(paths))
     responses = handler.handle([{"body": path.read_bytes()} for path in paths], context)
     assert [r["scored"] for r in responses] == [REGION_WHOLE_IMAGE] * 2  # the tiny export is a whole-image model
-    assert [r["probability_fake"] for r in responses] == pytest.approx([s.calibrated for s in scores], abs=1e-6)
+    # Same prepared model and inputs; oneDNN's channels_last kernels sum in an order that depends on the thread count
+    # (the handler sizes its own pool), so the scores agree to float32 rounding, not bit for bit.
+    assert [r["probability_fake"] for r in responses] == pytest.approx([s.calibrated for s in scores], abs=1e-5)
     assert json.loads((tiny_export / METADATA_FILENAME).read_text()).get("faces") is None

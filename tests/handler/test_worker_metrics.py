@@ -1,4 +1,5 @@
 import logging
+from collections import Counter
 from pathlib import Path
 
 import ts
@@ -55,16 +56,14 @@ def test_torchserve_defaults_are_kept_beside_ours():
 def test_emits_the_lines_the_frontend_parses(caplog):
     caplog.set_level(logging.INFO)
     metrics = WorkerMetrics(real_cache(), "deepfake")
-    metrics.prediction("fake", "req-1")
-    metrics.prediction("real", None)
-    metrics.item_error("not_an_image", "req-2")
+    metrics.outcomes(Counter(fake=2, real=1), Counter(), 0, Counter(not_an_image=1))
     metrics.batch(3, preprocess_ms=4.25, inference_ms=17.5)
     metrics.batch(1, preprocess_ms=0.5, inference_ms=None)  # every item refused: no forward pass to time
     lines = [(line.name, line.type, line.value, line.dimensions, line.request_id) for line in metric_lines(caplog)]
     assert lines == [
-        ("DeepfakePredictions", "COUNTER", 1.0, {"ModelName": "deepfake", "Label": "fake"}, "req-1"),
+        ("DeepfakePredictions", "COUNTER", 2.0, {"ModelName": "deepfake", "Label": "fake"}, None),
         ("DeepfakePredictions", "COUNTER", 1.0, {"ModelName": "deepfake", "Label": "real"}, None),
-        ("DeepfakeItemErrors", "COUNTER", 1.0, {"ModelName": "deepfake", "ErrorCode": "not_an_image"}, "req-2"),
+        ("DeepfakeItemErrors", "COUNTER", 1.0, {"ModelName": "deepfake", "ErrorCode": "not_an_image"}, None),
         ("DeepfakeBatches", "COUNTER", 1.0, {"ModelName": "deepfake"}, None),
         ("DeepfakeBatchItems", "COUNTER", 3.0, {"ModelName": "deepfake"}, None),
         ("DeepfakePreprocessSeconds", "HISTOGRAM", 0.00425, {"ModelName": "deepfake"}, None),
@@ -81,7 +80,7 @@ def test_undeclared_metrics_are_logged_once_and_never_raise(caplog):
     caplog.set_level(logging.INFO)
     metrics = WorkerMetrics(real_cache(TORCHSERVE_DEFAULT_YAML), "deepfake")
     for _ in range(3):
-        metrics.prediction("fake", "req-1")
+        metrics.outcomes(Counter(fake=1), Counter(), 0, Counter())
         metrics.batch(2, 1.0, 2.0)
     assert metric_lines(caplog) == []
     warnings = [r.getMessage() for r in caplog.records
@@ -108,21 +107,20 @@ def test_a_value_ts_refuses_is_logged_by_ts_not_raised(caplog):
 def test_scored_images_count_by_what_was_scored_and_faces_by_crop(caplog):
     caplog.set_level(logging.INFO)
     metrics = WorkerMetrics(real_cache(), "deepfake")
-    metrics.scored_image("faces", 2, "req-1")
-    metrics.scored_image("whole_image_no_face", 0, "req-2")  # no face: the face counter is not touched
-    metrics.scored_image("whole_image", 0, None)
-    lines = [(line.name, line.type, line.value, line.dimensions, line.request_id) for line in metric_lines(caplog)]
+    metrics.outcomes(Counter(), Counter(faces=2, whole_image_no_face=1), 5, Counter())
+    metrics.outcomes(Counter(), Counter(whole_image=1), 0, Counter())  # no face: the face counter is not touched
+    lines = [(line.name, line.type, line.value, line.dimensions) for line in metric_lines(caplog)]
     assert lines == [
-        ("DeepfakeScoredImages", "COUNTER", 1.0, {"ModelName": "deepfake", "Scored": "faces"}, "req-1"),
-        ("DeepfakeScoredFaces", "COUNTER", 2.0, {"ModelName": "deepfake"}, "req-1"),
-        ("DeepfakeScoredImages", "COUNTER", 1.0, {"ModelName": "deepfake", "Scored": "whole_image_no_face"}, "req-2"),
-        ("DeepfakeScoredImages", "COUNTER", 1.0, {"ModelName": "deepfake", "Scored": "whole_image"}, None),
+        ("DeepfakeScoredImages", "COUNTER", 2.0, {"ModelName": "deepfake", "Scored": "faces"}),
+        ("DeepfakeScoredImages", "COUNTER", 1.0, {"ModelName": "deepfake", "Scored": "whole_image_no_face"}),
+        ("DeepfakeScoredFaces", "COUNTER", 5.0, {"ModelName": "deepfake"}),
+        ("DeepfakeScoredImages", "COUNTER", 1.0, {"ModelName": "deepfake", "Scored": "whole_image"}),
     ]
 
 
 def test_undeclared_face_metrics_never_raise(caplog):
     caplog.set_level(logging.INFO)
-    WorkerMetrics(real_cache(TORCHSERVE_DEFAULT_YAML), "deepfake").scored_image("faces", 3, "req-1")
+    WorkerMetrics(real_cache(TORCHSERVE_DEFAULT_YAML), "deepfake").outcomes(Counter(), Counter(faces=1), 3, Counter())
     warnings = sorted(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert warnings == sorted(f"metric {spec.name} could not be emitted (is it declared in metrics.yaml?)"
                               for spec in (SCORED_IMAGES, SCORED_FACES))

@@ -189,7 +189,9 @@ def test_the_trainers_split_csv_reproduces_the_runs_test_metrics(tiny_training, 
     trained = json.loads((tiny_export / "metadata.json").read_text())["training"]["evaluation"]["calibrated"]
     assert report["metrics"]["confusion_matrix"] == trained["confusion_matrix"]
     for key in ("roc_auc", "average_precision", "accuracy", "ece"):
-        assert report["metrics"][key] == pytest.approx(trained[key], abs=1e-6), key
+        # The trainer measured the eager model; serving (and evaluate) run it frozen in channels_last, whose
+        # logits differ by ~1e-5 (folded BatchNorm, another summation order).
+        assert report["metrics"][key] == pytest.approx(trained[key], abs=1e-4), key
 
 
 # --- data handling ---------------------------------------------------------------------------------------------------
