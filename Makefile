@@ -2,10 +2,10 @@
 PYTHON := .venv/bin/python
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo test test-fast bench serve serve-prod stop clean
+.PHONY: help setup demo test test-fast bench bench-serving serve serve-prod stop clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 setup:  ## create .venv with the pinned packages (fast when nothing changed)
 	@bash scripts/setup.sh
@@ -22,6 +22,10 @@ test-fast: setup  ## the suite without the slow (minutes-long) tests
 bench: setup  ## training throughput: real data pipeline vs bare loop (docs/BENCHMARKS.md)
 	$(PYTHON) -m benchmarks.train_throughput
 	$(PYTHON) -m benchmarks.train_throughput --model-name mobilenetv2_100
+
+bench-serving: setup  ## serving: TorchServe vs in-process limit vs naive Flask server, c=1..64 (docs/BENCHMARKS.md)
+	@test -f build/demo/run/export/model.torchscript.pt || $(PYTHON) -m scripts.demo --stop
+	$(PYTHON) -m benchmarks.serving
 
 serve: setup  ## serve model_store/deepfake.mar with the dev config (no auth!) in the foreground; Ctrl-C stops it
 	$(PYTHON) -m scripts.serve start --foreground

@@ -57,9 +57,14 @@ def tiny_export(tiny_training: TrainResult) -> Path:
 def model_store(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model store with the .mar built from the tiny export, plus a batching variant of it."""
     store = tmp_path_factory.mktemp("model_store")
-    package_model(PackageConfig(export_dir=tiny_export, model_store=store))
-    batch_config = store.parent / "batch6-model-config.yaml"
+    # One worker per test server (the shipped config runs two): half the memory and start-up CPU on a 2-core CI
+    # machine, and the scaling tests start from a known count.
     settings = yaml.safe_load((REPO_ROOT / "config" / "model-config.yaml").read_text())
+    settings.update(minWorkers=1, maxWorkers=1)
+    one_worker_config = store.parent / "one-worker-model-config.yaml"
+    one_worker_config.write_text(yaml.safe_dump(settings))
+    package_model(PackageConfig(export_dir=tiny_export, model_store=store, model_config=one_worker_config))
+    batch_config = store.parent / "batch6-model-config.yaml"
     settings.update(batchSize=BATCH_MODEL_SIZE, maxBatchDelay=5000)
     batch_config.write_text(yaml.safe_dump(settings))
     package_model(PackageConfig(export_dir=tiny_export, model_store=store, model_name=BATCH_MODEL,
