@@ -5,7 +5,8 @@
   per core with one thread each (what TorchServe's workers do). The limit is the best of all.
 - Pipeline latency: decode + preprocess + forward of one image at batch 1, every core on it, the
   way the handler would do it for a lone request.
-- Pipeline throughput: decode + preprocess + forward at the best batch size in one process.
+- Pipeline throughput: decode + preprocess + forward at the best batch size, in one process using every
+  core and in one single-thread process per core; the better of the two is the pipeline limit.
 
 The model is prepared with the same ServingOptions as the workers, so the ratio charges the server
 for its overhead only, never for a different model.
@@ -148,23 +149,55 @@ def pipeline_latency_ms(config: InProcessConfig, images: list[bytes], passes: in
             "mean": statistics.fmean(ordered)}
 
 
+def _pipeline_pass(detector: ExportedDetector, images: list[bytes], batch_size: int) -> int:
+    """Decodes, preprocesses and scores every image once, in batches; returns how many."""
+    preprocessing, faces = detector.metadata.preprocessing, detector.metadata.faces
+    for start in range(0, len(images), batch_size):
+        inputs = [tensor for data in images[start:start + batch_size] for tensor in
+                  regions_to_score(decode_for_scoring(data, preprocessing, faces), preprocessing, faces).inputs]
+        detector.score(detector.serving.batch(inputs, detector.device))
+    return len(images)
+
+
 def pipeline_throughput(config: InProcessConfig, images: list[bytes], batch_size: int) -> float:
     """Images/s of decode + preprocess + forward in batches of `batch_size`, one process using every core."""
     _set_threads(config.cores)
     detector = ExportedDetector.load(config.export_dir, config.device, config.serving)
-    preprocessing, faces = detector.metadata.preprocessing, detector.metadata.faces
-
-    def one_pass() -> int:
-        for start in range(0, len(images), batch_size):
-            inputs = [tensor for data in images[start:start + batch_size] for tensor in
-                      regions_to_score(decode_for_scoring(data, preprocessing, faces), preprocessing, faces).inputs]
-            detector.score(detector.serving.batch(inputs, detector.device))
-        return len(images)
-
-    one_pass()
+    _pipeline_pass(detector, images, batch_size)
     rates = []
     for _ in range(config.repeats):
         started = time.perf_counter()
-        count = one_pass()
+        count = _pipeline_pass(detector, images, batch_size)
         rates.append(count / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def _per_core_pipeline_worker(config: InProcessConfig, images: list[bytes], batch_size: int, start: Any,
+                              queue: Any) -> None:
+    _set_threads(1)
+    detector = ExportedDetector.load(config.export_dir, config.device, config.serving)
+    _pipeline_pass(detector, images, batch_size)
+    start.wait()
+    began = time.monotonic()
+    count = 0
+    while count == 0 or time.monotonic() - began < config.seconds:
+        count += _pipeline_pass(detector, images, batch_size)
+    queue.put((count, began, time.monotonic()))
+
+
+def per_core_pipeline_throughput(config: InProcessConfig, images: list[bytes], batch_size: int) -> float:
+    """Images/s of decode + preprocess + forward in config.cores one-thread processes at once (what workers do)."""
+    context = multiprocessing.get_context("spawn")
+    rates = []
+    for _ in range(config.repeats):
+        start, queue = context.Barrier(config.cores), context.Queue()
+        processes = [context.Process(target=_per_core_pipeline_worker, args=(config, images, batch_size, start, queue))
+                     for _ in range(config.cores)]
+        for process in processes:
+            process.start()
+        outcomes = [queue.get(timeout=600) for _ in processes]
+        for process in processes:
+            process.join()
+        span = max(end for _, _, end in outcomes) - min(began for _, began, _ in outcomes)
+        rates.append(sum(count for count, _, _ in outcomes) / span)
     return statistics.median(rates)

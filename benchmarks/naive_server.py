@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from flask import Flask, Response, jsonify, request
 
-from handler.forensics import ImageDecodeError, decode_rgb, model_input_from_rgb
-from handler.scoring import ExportedDetector
+from handler.forensics import ImageDecodeError
+from handler.scoring import ExportedDetector, decode_for_scoring, most_fake, regions_to_score
 from handler.torchscript import OPTIMIZATIONS, ServingOptions
 
 NAIVE_OPTIMIZATION = "none"  # what the reference services do: torch.jit.load, eval, call
@@ -31,7 +31,7 @@ NAIVE_OPTIMIZATION = "none"  # what the reference services do: torch.jit.load, e
 def create_app(export_dir: Path, optimization: str = NAIVE_OPTIMIZATION, device: str = "cpu") -> Flask:
     """A Flask app with POST /predict (raw image body → JSON verdict) and GET /ping, the model already loaded."""
     detector = ExportedDetector.load(export_dir, device, ServingOptions(optimization=optimization))
-    preprocessing = detector.metadata.preprocessing
+    preprocessing, faces = detector.metadata.preprocessing, detector.metadata.faces
     threshold = detector.metadata.threshold
     app = Flask(__name__)
 
@@ -42,11 +42,12 @@ def create_app(export_dir: Path, optimization: str = NAIVE_OPTIMIZATION, device:
     @app.post("/predict")
     def predict() -> tuple[Response, int]:
         try:
-            rgb = decode_rgb(request.get_data(), preprocessing.max_image_pixels)
+            regions = regions_to_score(decode_for_scoring(request.get_data(), preprocessing, faces), preprocessing,
+                                       faces)
         except ImageDecodeError as error:
             return jsonify(error={"code": error.code, "message": str(error)}), 400
-        [scores] = detector.score(model_input_from_rgb(rgb, preprocessing)[None])
-        probability = round(scores.calibrated, 6)
+        scores = detector.score(detector.serving.batch(list(regions.inputs), detector.device))
+        probability = round(scores[most_fake(scores)].calibrated, 6)
         return jsonify(label="fake" if probability >= threshold else "real", probability_fake=probability,
                        timing_ms={"batch_size": 1}), 200
 

@@ -39,6 +39,7 @@ import yaml
 from benchmarks.inprocess import (
     InProcessConfig,
     forward_throughput,
+    per_core_pipeline_throughput,
     per_core_throughput,
     pipeline_latency_ms,
     pipeline_throughput,
@@ -138,8 +139,8 @@ def request_images(config: ServingBenchConfig) -> tuple[Path, list[Path]]:
             continue
         files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
         if files:
-            step = max(1, len(files) // config.image_count)
-            return folder, files[::step][:config.image_count]
+            count = min(config.image_count, len(files))
+            return folder, [files[index * len(files) // count] for index in range(count)]
     raise FileNotFoundError(f"no images in {[str(c) for c in candidates]}; pass --images DIR")
 
 
@@ -297,10 +298,16 @@ def measure_limit(config: ServingBenchConfig, payloads: list[bytes]) -> dict[str
     best_layout, best_batch = max(((name, batch) for name, rates in layouts.items() for batch in rates),
                                   key=lambda key: layouts[key[0]][key[1]])
     latency = pipeline_latency_ms(inprocess, payloads)
-    best_single_batch = max(single, key=single.get)
-    pipeline = pipeline_throughput(inprocess, payloads, best_single_batch)
+    best_batches = {name: max(rates, key=rates.get) for name, rates in layouts.items()}
+    pipelines = {"one_process": pipeline_throughput(inprocess, payloads, best_batches["one_process"])}
+    if per_core:
+        pipelines["per_core_processes"] = per_core_pipeline_throughput(inprocess, payloads,
+                                                                       best_batches["per_core_processes"])
+    pipeline_layout = max(pipelines, key=pipelines.get)
+    pipeline = pipelines[pipeline_layout]
     print(f"  limit: {layouts[best_layout][best_batch]:.1f} images/s ({best_layout}, batch {best_batch}); "
-          f"batch-1 pipeline p50 {latency['p50']:.2f} ms; pipeline {pipeline:.1f} images/s", flush=True)
+          f"batch-1 pipeline p50 {latency['p50']:.2f} ms; pipeline {pipeline:.1f} images/s ({pipeline_layout})",
+          flush=True)
     return {
         "forward_images_per_second": {name: {str(batch): round(rate, 2) for batch, rate in rates.items()}
                                       for name, rates in layouts.items()},
@@ -309,7 +316,9 @@ def measure_limit(config: ServingBenchConfig, payloads: list[bytes]) -> dict[str
         "limit_batch_size": best_batch,
         "pipeline_latency_ms_batch1": {key: round(value, 3) for key, value in latency.items()},
         "pipeline_images_per_second": round(pipeline, 2),
-        "pipeline_batch_size": best_single_batch,
+        "pipeline_layout": pipeline_layout,
+        "pipeline_by_layout": {name: round(rate, 2) for name, rate in pipelines.items()},
+        "pipeline_batch_size": best_batches[pipeline_layout],
     }
 
 
@@ -318,21 +327,29 @@ def level_at(section: dict[str, Any], concurrency: int) -> dict[str, Any] | None
     return next((level for level in section["levels"] if level["concurrency"] == concurrency), None)
 
 
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """The quotient, or None when either side was not measured (or the denominator is 0)."""
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
 def ratios(results: dict[str, Any]) -> dict[str, float | None]:
     """The headline ratios (None where a part was not measured)."""
-    limit, deployment = results.get("limit"), results["torchserve"]
-    c16, c1 = level_at(deployment, 16), level_at(deployment, 1)
+    limit, deployment = results.get("limit") or {}, results["torchserve"]
+    c16, c1 = level_at(deployment, 16) or {}, level_at(deployment, 1) or {}
     naive = results.get("naive", {}).get(NAIVE_OPTIMIZATION)
-    naive_c16 = level_at(naive, 16) if naive else None
-    cold = sorted(deployment["cold_start_seconds"])[len(deployment["cold_start_seconds"]) // 2]
-    values = {
-        "deployment_over_limit_c16": c16 and limit and c16["throughput_rps"] / limit["limit_images_per_second"],
-        "deployment_over_pipeline_c16": c16 and limit and c16["throughput_rps"] / limit["pipeline_images_per_second"],
-        "deployment_over_naive_c16": c16 and naive_c16 and c16["throughput_rps"] / naive_c16["throughput_rps"],
-        "p50_c1_over_in_process": c1 and limit and c1["latency_ms"]["p50"] / limit["pipeline_latency_ms_batch1"]["p50"],
-        "cold_start_seconds": cold,
+    naive_c16 = (level_at(naive, 16) if naive else None) or {}
+    starts = sorted(deployment["cold_start_seconds"])
+    throughput = c16.get("throughput_rps")
+    return {
+        "deployment_over_limit_c16": _ratio(throughput, limit.get("limit_images_per_second")),
+        "deployment_over_pipeline_c16": _ratio(throughput, limit.get("pipeline_images_per_second")),
+        "deployment_over_naive_c16": _ratio(throughput, naive_c16.get("throughput_rps")),
+        "p50_c1_over_in_process": _ratio(c1.get("latency_ms", {}).get("p50"),
+                                         limit.get("pipeline_latency_ms_batch1", {}).get("p50")),
+        "cold_start_seconds": round(starts[len(starts) // 2], 3) if starts else None,
     }
-    return {key: None if not value else round(value, 3) for key, value in values.items()}
 
 
 def targets_met(values: dict[str, float | None]) -> dict[str, bool | None]:
@@ -401,7 +418,13 @@ def parse_args(argv: list[str] | None) -> ServingBenchConfig:
     parser.add_argument("--precision", choices=list(PRECISIONS), default=defaults.serving.precision)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
     parser.add_argument("--no-naive", action="store_true", help="skip the Flask baseline")
+    parser.add_argument("--no-naive-optimized", action="store_true",
+                        help="measure the Flask baseline only as reference systems ship it (plain TorchScript)")
     parser.add_argument("--no-limit", action="store_true", help="skip the in-process limit (no ratios)")
+    parser.add_argument("--limit-batch-sizes", type=int, nargs="+", default=list(defaults.limit_batch_sizes))
+    parser.add_argument("--limit-seconds", type=float, default=defaults.limit_seconds,
+                        help="measuring time per in-process point")
+    parser.add_argument("--limit-repeats", type=int, default=defaults.limit_repeats)
     parser.add_argument("--output-dir", type=Path, default=defaults.output_dir)
     parser.add_argument("--config", choices=list(CONFIGS), default=defaults.properties,
                         help="TorchServe config (default: production: token auth on, no per-request log lines)")
@@ -412,7 +435,9 @@ def parse_args(argv: list[str] | None) -> ServingBenchConfig:
                    cold_starts=args.cold_starts, workers=args.workers, torch_threads=args.torch_threads,
                    batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
                    serving=ServingOptions(args.optimization, args.precision), device=args.device,
-                   naive=not args.no_naive, limit=not args.no_limit, output_dir=args.output_dir, properties=args.config)
+                   naive=not args.no_naive, naive_optimized=not args.no_naive_optimized, limit=not args.no_limit,
+                   limit_batch_sizes=tuple(args.limit_batch_sizes), limit_seconds=args.limit_seconds,
+                   limit_repeats=args.limit_repeats, output_dir=args.output_dir, properties=args.config)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,8 +40,9 @@ def limit_lines(limit: dict[str, Any]) -> list[str]:
         "",
         f"- Limit: **{limit['limit_images_per_second']:.1f} images/s** ({limit['limit_layout']}, batch "
         f"{limit['limit_batch_size']}), forward passes on ready-made inputs.",
-        f"- Decode + preprocess + forward in process: {limit['pipeline_images_per_second']:.1f} images/s at batch "
-        f"{limit['pipeline_batch_size']}; one image alone: p50 **{latency['p50']:.2f} ms**, "
+        f"- Decode + preprocess + forward in process: {limit['pipeline_images_per_second']:.1f} images/s "
+        f"({limit.get('pipeline_layout', 'one_process')}, batch {limit['pipeline_batch_size']}); one image alone, "
+        f"every core on it: p50 **{latency['p50']:.2f} ms**, "
         f"p95 {latency['p95']:.2f} ms.",
         "",
     ]
