@@ -24,7 +24,8 @@ def _servers(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every measured server by display name, TorchServe first."""
     servers = {"TorchServe": results["torchserve"]}
     for optimization, section in results.get("naive", {}).items():
-        servers[f"naive Flask ({optimization} model)"] = section
+        model = "plain TorchScript" if optimization == "none" else f"{optimization.replace('_', ' ')} model"
+        servers[f"naive Flask ({model})"] = section
     return servers
 
 

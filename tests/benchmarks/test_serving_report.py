@@ -99,7 +99,7 @@ def test_json_round_trips(report):
 def test_markdown_server_table_holds_every_measured_level(report):
     results, paths = report
     rows = table_rows(paths["markdown"].read_text(), "| server | concurrency |")
-    sections = [("TorchServe", results["torchserve"]), ("naive Flask (none model)", results["naive"]["none"])]
+    sections = [("TorchServe", results["torchserve"]), ("naive Flask (plain TorchScript)", results["naive"]["none"])]
     expected = [(name, level) for name, section in sections for level in section["levels"]]
     assert len(rows) == len(expected)
     for cells, (name, level) in zip(rows, expected, strict=True):
@@ -150,7 +150,7 @@ def test_markdown_names_the_machine_and_the_cold_starts(report):
     assert results["machine"]["cpu"] in text and "avx512f" in text
     rows = {cells[0]: cells for cells in table_rows(text, "| server | cold start")}
     assert [float(s) for s in rows["TorchServe"][1].split(",")] == results["torchserve"]["cold_start_seconds"]
-    assert float(rows["naive Flask (none model)"][1]) == results["naive"]["none"]["cold_start_seconds"][0]
+    assert float(rows["naive Flask (plain TorchScript)"][1]) == results["naive"]["none"]["cold_start_seconds"][0]
 
 
 def test_plot_is_a_non_trivial_png(report):
