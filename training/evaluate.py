@@ -45,7 +45,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from handler.faces import FaceBox, FaceConfig, detect_faces
-from handler.forensics import PreprocessConfig, decode_rgb
+from handler.forensics import PreprocessConfig, decode_for_model, decode_rgb
 from handler.metadata import METADATA_FILENAME, MODEL_FILENAME
 from handler.scoring import REGION_NO_FACE, ExportedDetector, ScoredRegions, most_fake, regions_to_score
 from handler.verdict import ItemScores
@@ -511,9 +511,15 @@ def score_samples(data: EvaluationData, detector: ExportedDetector, plan: FacePl
     for sample in tqdm(data.samples, desc="evaluating", unit="image", disable=None, dynamic_ncols=True):
         key = relative_key(sample.path, root)
         sbi_key = relative_key(sample.path, sbi_root) if sbi_root is not None else key
-        rgb = decode_rgb(sample.path.read_bytes(), preprocess.max_image_pixels)
+        makes_sbi = sbi is not None and sample.label == CLASS_NAMES.index("real")
+        encoded = sample.path.read_bytes()
+        # Decoded as the service decodes it: full size where faces are cut, else as the model input wants it
+        # (reduced JPEG decoding for a model trained so). A real that gets an SBI twin is decoded at full size,
+        # because the blend needs the face's pixels and real and twin must come from the same decode.
+        rgb = (decode_rgb(encoded, preprocess.max_image_pixels) if plan.mode == "detect" or makes_sbi
+               else decode_for_model(encoded, preprocess))
         images = [(sample.label, False, rgb)]
-        if sbi is not None and sample.label == CLASS_NAMES.index("real"):
+        if makes_sbi:
             box = sbi_face_box(rgb, plan)
             if box is None:
                 run.sbi_no_face.append(key)

@@ -19,7 +19,7 @@ from sklearn.metrics import (
 
 from handler.faces import FaceConfig, crop_face, detect_faces
 from handler.forensics import decode_rgb
-from handler.scoring import ExportedDetector, most_fake, regions_to_score
+from handler.scoring import ExportedDetector, decode_for_scoring, most_fake, regions_to_score
 from training.evaluate import (
     CLEAN,
     EVALUATION_JSON,
@@ -150,11 +150,34 @@ def test_scores_are_what_the_served_path_gives_each_file(clean_run, tiny_export,
     detector = ExportedDetector.load(tiny_export)
     rows = [row for row in read_scores(clean_run) if row["condition"] == CLEAN]
     for row in rows[::5]:
-        rgb = decode_rgb((tiny_dataset / row["path"]).read_bytes())
+        rgb = decode_for_scoring((tiny_dataset / row["path"]).read_bytes(), detector.metadata.preprocessing, None)
         regions = regions_to_score(rgb, detector.metadata.preprocessing, None)
         scores = detector.score(torch.stack(regions.inputs))
         assert float(row["probability_fake"]) == pytest.approx(scores[most_fake(scores)].calibrated, abs=1e-6)
         assert row["scored"] == "whole_image"
+
+
+def test_large_jpegs_are_decoded_as_the_service_decodes_them(tiny_export, tiny_dataset, tmp_path):
+    """A model trained with jpeg_reduced_decode is served reduced-size decodes of large JPEGs: evaluate scores those."""
+    detector = ExportedDetector.load(tiny_export)
+    preprocessing = detector.metadata.preprocessing
+    assert preprocessing.jpeg_reduced_decode  # new trainings set it
+    large = tmp_path / "large"
+    for label in ("real", "fake"):
+        (large / label).mkdir(parents=True)
+        for path in sorted((tiny_dataset / label).glob("*.jpg"))[:3]:
+            rgb = cv2.resize(decode_rgb(path.read_bytes()), (640, 640), interpolation=cv2.INTER_CUBIC)
+            cv2.imwrite(str(large / label / path.name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    run(tiny_export, large, tmp_path / "out", faces="off", perturbations=())
+    differs = False
+    for row in read_scores(tmp_path / "out"):
+        data = (large / row["path"]).read_bytes()
+        served = regions_to_score(decode_for_scoring(data, preprocessing, None), preprocessing, None)
+        full = regions_to_score(decode_rgb(data), preprocessing, None)
+        [score] = detector.score(torch.stack(served.inputs))
+        assert float(row["probability_fake"]) == pytest.approx(score.calibrated, abs=1e-6)
+        differs |= not torch.equal(served.inputs[0], full.inputs[0])
+    assert differs  # the reduced decode really is another input than the full-size one
 
 
 def test_robustness_rows_recompute_from_the_scores(clean_run):
