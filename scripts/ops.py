@@ -286,7 +286,8 @@ class ManagementClient:
             archive: a .mar path or file name; TorchServe is sent the file name, which it looks up in
                 its model store (a URL is passed on as given, for allowed_urls to judge).
             model: the name to serve it under.
-            workers: initial workers, waited for until READY.
+            workers: initial workers. A .mar whose model-config.yaml sets minWorkers gets that many instead
+                (TorchServe prefers the archive's setting), so the wait is for the count the version reports.
             set_default: make it the version /predictions/MODEL answers with.
 
         Raises:
@@ -305,7 +306,8 @@ class ManagementClient:
             raise OpsError(f"registered {url} as {model}, but its version is unknown: {answer}")
         if set_default:
             self.set_default(model, version)
-        return self.wait_for_workers(model, version, workers, started)
+        started_workers = int(self.describe_version(model, version).get("minWorkers") or workers)
+        return self.wait_for_workers(model, version, max(1, started_workers), started)
 
     def _archive_url_and_version(self, archive: str) -> tuple[str, str | None]:
         if "://" in archive:

@@ -54,17 +54,26 @@ def tiny_export(tiny_training: TrainResult) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_store(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model store with the .mar built from the tiny export, plus a batching variant of it."""
-    store = tmp_path_factory.mktemp("model_store")
-    # One worker per test server (the shipped config runs two): half the memory and start-up CPU on a 2-core CI
-    # machine, and the scaling tests start from a known count.
+def one_worker_model_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """config/model-config.yaml with one worker (the shipped config runs two), still named model-config.yaml.
+
+    Test servers run one worker each: half the memory and start-up CPU on a 2-core CI machine, and the
+    scaling tests start from a known count. The file keeps its name, which the .mar stores it under.
+    """
     settings = yaml.safe_load((REPO_ROOT / "config" / "model-config.yaml").read_text())
     settings.update(minWorkers=1, maxWorkers=1)
-    one_worker_config = store.parent / "one-worker-model-config.yaml"
-    one_worker_config.write_text(yaml.safe_dump(settings))
-    package_model(PackageConfig(export_dir=tiny_export, model_store=store, model_config=one_worker_config))
+    path = tmp_path_factory.mktemp("one_worker_config") / "model-config.yaml"
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_store(tiny_export: Path, one_worker_model_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store with the .mar built from the tiny export, plus a batching variant of it."""
+    store = tmp_path_factory.mktemp("model_store")
+    package_model(PackageConfig(export_dir=tiny_export, model_store=store, model_config=one_worker_model_config))
     batch_config = store.parent / "batch6-model-config.yaml"
+    settings = yaml.safe_load(one_worker_model_config.read_text())
     settings.update(batchSize=BATCH_MODEL_SIZE, maxBatchDelay=5000)
     batch_config.write_text(yaml.safe_dump(settings))
     package_model(PackageConfig(export_dir=tiny_export, model_store=store, model_name=BATCH_MODEL,
@@ -151,6 +160,7 @@ def face_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
-def face_model_archive(face_export: Path, model_store: Path) -> Path:
+def face_model_archive(face_export: Path, model_store: Path, one_worker_model_config: Path) -> Path:
     """deepfake_faces.mar (the face export, scripts/package_model.py) in the shared model store, not registered."""
-    return package_model(PackageConfig(export_dir=face_export, model_store=model_store, model_name=FACE_MODEL))
+    return package_model(PackageConfig(export_dir=face_export, model_store=model_store, model_name=FACE_MODEL,
+                                       model_config=one_worker_model_config))

@@ -37,7 +37,8 @@ e2e = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def versioned_store(model_store: Path, tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """deepfake.mar (version 1.0) and deepfake-v2.mar: the same model name, version 2.0, another file."""
+    """deepfake.mar (version 1.0, one worker) and deepfake-v2.mar: the same model name, version 2.0, another file,
+    packaged with the shipped model-config.yaml (two workers)."""
     store = tmp_path_factory.mktemp("versioned_store")
     shutil.copy2(model_store / "deepfake.mar", store / "deepfake.mar")
     package_model(PackageConfig(export_dir=tiny_export, model_store=store, version="2.0", archive_name="deepfake-v2"))
@@ -145,7 +146,8 @@ def test_register_a_second_version_make_it_default_and_unregister_the_first(ops_
     v2 = str(ops_server.config.model_store / "deepfake-v2.mar")
     try:
         registered = client.register(v2, "deepfake", workers=1, set_default=True)
-        assert registered["modelVersion"] == "2.0" and workers_ready(registered, 1)
+        # The archive's model-config.yaml (minWorkers 2) wins over initial_workers: register waits for both.
+        assert registered["modelVersion"] == "2.0" and registered["minWorkers"] == 2 and workers_ready(registered, 2)
         assert predicted_version(ops_server, "deepfake", image).json()["model"]["version"] == "2.0"
         assert predicted_version(ops_server, "deepfake/1.0", image).json()["model"]["version"] == "1.0"
         assert {(v["modelVersion"], v["default"]) for v in client.describe("deepfake")} == {("1.0", False),
