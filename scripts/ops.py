@@ -2,7 +2,8 @@
 
 Every answer TorchServe gives in error (400/403/404/405/409/500) becomes one line that says what
 to do; `scale` and `register` return only once the workers asked for are READY (TorchServe's
-`synchronous=true` does not wait for a scale-down, and a worker can still die after its start).
+`synchronous=true` does not wait for a scale-down, and a worker can still die after its start). For
+`register` that is the archive's minWorkers when its model-config.yaml sets one, else `--workers`.
 
 `describe` shows per version: default or not, batching, and per worker its id, status, pid,
 device and memory (TorchServe's own figure, refreshed by its system metrics once a minute: "-"
