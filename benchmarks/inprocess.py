@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,29 +104,30 @@ def _per_core_worker(config: InProcessConfig, batch_size: int, start: Any, queue
     queue.put((images, began, time.monotonic()))
 
 
-def per_core_throughput(config: InProcessConfig) -> dict[int, float]:
-    """Images/s per batch size of config.cores processes with one thread each, running at the same time.
+def _per_core_rate(config: InProcessConfig, target: Callable[..., None], *args: Any) -> float:
+    """Images/s of config.cores spawned one-thread processes running `target(config, *args, start, queue)` at once.
 
-    Total images over the span from the first process's start to the last one's end, median of config.repeats.
+    Each process waits at the barrier, measures, and puts (images, began, ended); the rate is all images over the
+    span from the first start to the last end, the median of config.repeats such runs.
     """
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited torch thread pools
-    results: dict[int, float] = {}
-    for batch_size in config.batch_sizes:
-        rates = []
-        for _ in range(config.repeats):
-            start, queue = context.Barrier(config.cores), context.Queue()
-            processes = [context.Process(target=_per_core_worker, args=(config, batch_size, start, queue))
-                         for _ in range(config.cores)]
-            for process in processes:
-                process.start()
-            outcomes = [queue.get(timeout=600) for _ in processes]
-            for process in processes:
-                process.join()
-            images = sum(images for images, _, _ in outcomes)
-            span = max(end for _, _, end in outcomes) - min(began for _, began, _ in outcomes)
-            rates.append(images / span)
-        results[batch_size] = statistics.median(rates)
-    return results
+    rates = []
+    for _ in range(config.repeats):
+        start, queue = context.Barrier(config.cores), context.Queue()
+        processes = [context.Process(target=target, args=(config, *args, start, queue)) for _ in range(config.cores)]
+        for process in processes:
+            process.start()
+        outcomes = [queue.get(timeout=600) for _ in processes]
+        for process in processes:
+            process.join()
+        span = max(end for _, _, end in outcomes) - min(began for _, began, _ in outcomes)
+        rates.append(sum(images for images, _, _ in outcomes) / span)
+    return statistics.median(rates)
+
+
+def per_core_throughput(config: InProcessConfig) -> dict[int, float]:
+    """Forward images/s per batch size of config.cores processes with one thread each, running at the same time."""
+    return {batch_size: _per_core_rate(config, _per_core_worker, batch_size) for batch_size in config.batch_sizes}
 
 
 def pipeline_latency_ms(config: InProcessConfig, images: list[bytes], passes: int = 3) -> dict[str, float]:
@@ -187,17 +189,4 @@ def _per_core_pipeline_worker(config: InProcessConfig, images: list[bytes], batc
 
 def per_core_pipeline_throughput(config: InProcessConfig, images: list[bytes], batch_size: int) -> float:
     """Images/s of decode + preprocess + forward in config.cores one-thread processes at once (what workers do)."""
-    context = multiprocessing.get_context("spawn")
-    rates = []
-    for _ in range(config.repeats):
-        start, queue = context.Barrier(config.cores), context.Queue()
-        processes = [context.Process(target=_per_core_pipeline_worker, args=(config, images, batch_size, start, queue))
-                     for _ in range(config.cores)]
-        for process in processes:
-            process.start()
-        outcomes = [queue.get(timeout=600) for _ in processes]
-        for process in processes:
-            process.join()
-        span = max(end for _, _, end in outcomes) - min(began for _, began, _ in outcomes)
-        rates.append(sum(count for count, _, _ in outcomes) / span)
-    return statistics.median(rates)
+    return _per_core_rate(config, _per_core_pipeline_worker, images, batch_size)

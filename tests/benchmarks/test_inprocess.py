@@ -12,6 +12,7 @@ import torch
 from benchmarks.inprocess import (
     InProcessConfig,
     forward_throughput,
+    per_core_pipeline_throughput,
     per_core_throughput,
     pipeline_latency_ms,
     pipeline_throughput,
@@ -60,3 +61,7 @@ def test_pipeline_latency_is_positive_with_p50_at_most_p95(config, images):
 
 def test_pipeline_throughput_is_positive(config, images):
     assert pipeline_throughput(config, images, batch_size=2) > 0
+
+
+def test_per_core_pipeline_throughput_is_positive(config, images):
+    assert per_core_pipeline_throughput(config, images, batch_size=2) > 0
