@@ -118,6 +118,11 @@ class ServingBenchConfig:
     output_dir: Path = REPO_ROOT / "benchmarks" / "results" / "serving"
     properties: str = "production"
 
+    def __post_init__(self) -> None:
+        if self.cold_starts < 1 or self.image_count < 1 or not self.concurrencies:
+            raise ValueError("cold_starts and image_count must be >= 1 and at least one concurrency is needed "
+                             "(the last cold start is the server that gets measured)")
+
     @property
     def resolved_device(self) -> str:
         """Cpu or cuda."""

@@ -259,3 +259,9 @@ def test_run_benchmark_measures_every_server_and_writes_a_consistent_report(tiny
 
     text = (config.output_dir / MARKDOWN_NAME).read_text()
     assert "| TorchServe | 1 |" in text and "| naive Flask (plain TorchScript) | 4 |" in text
+
+
+@pytest.mark.parametrize("field", ["cold_starts", "image_count"])
+def test_a_run_needs_a_server_start_and_an_image(field):
+    with pytest.raises(ValueError, match="must be >= 1"):
+        ServingBenchConfig(**{field: 0})
