@@ -110,11 +110,12 @@ def test_runtime_config_reads_back_locked_down(production):
     assert "disable_token_authorization" not in values and values["token_expiration_min"] == "60"
     assert values["enable_model_api"] == "false" and values["install_py_dep_per_model"] == "false"
     store = str(config.model_store.resolve())
-    assert values["allowed_urls"] == f"file://{literal_regex(store)}/[^/]+[.]mar"
+    assert values["allowed_urls"] == f"file://{literal_regex(store)}/[A-Za-z0-9_.-]+[.]mar"
     allowed = re.compile(values["allowed_urls"])  # Java and Python agree on this subset of regex
     assert allowed.fullmatch(f"file://{store}/deepfake.mar")
     for refused in (f"file://{store}/../deepfake.mar", f"file://{store}x/deepfake.mar", "file:///etc/deepfake.mar",
-                    "https://example.com/deepfake.mar"):
+                    "https://example.com/deepfake.mar",
+                    f"file://{store}/%2e%2e%2fdeepfake.mar"):
         assert not allowed.fullmatch(refused), refused
     [log4j] = [word.split("=", 1)[1] for word in values["vmargs"].split() if word.startswith("-Dlog4j.")]
     assert Path(log4j).is_absolute() and Path(log4j) == REPO_ROOT / "config" / "log4j2-production.xml"
