@@ -44,6 +44,24 @@ if ! command -v prometheus >/dev/null 2>&1; then
   fi
 fi
 
+# nginx (Debian package) is the TLS proxy of SECURITY.md, run by the tests in front of TorchServe; envsubst
+# (gettext-base) renders its site (config/nginx/render.sh). Debian puts nginx in /usr/sbin.
+if ! { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || ! command -v envsubst >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing the Debian packages nginx and gettext-base (the TLS proxy the tests run)"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx \
+      gettext-base; } >/tmp/setup-nginx.log 2>&1 || fail "apt-get install nginx failed; see /tmp/setup-nginx.log"
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing the Debian packages nginx and gettext-base (the TLS proxy the tests run)"
+    { sudo -n apt-get update -q && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      --no-install-recommends nginx gettext-base; } >/tmp/setup-nginx.log 2>&1 ||
+      fail "apt-get install nginx failed; see /tmp/setup-nginx.log"
+  else
+    echo "setup: WARNING: no 'nginx' or 'envsubst' binary; the TLS proxy tests will fail. Install them:" >&2
+    echo "  Debian/Ubuntu: sudo apt-get install -y nginx gettext-base   (or put nginx and envsubst on PATH)" >&2
+  fi
+fi
+
 wanted=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$wanted" ]; then
   echo "setup: .venv is up to date"
