@@ -30,7 +30,7 @@ from handler.cpu_threads import apply_cpu_threads, available_cores, most_concurr
 from handler.faces import FaceConfig
 from handler.forensics import ImageDecodeError, decode_rgb
 from handler.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
-from handler.request_body import image_bytes_from_row
+from handler.request_body import ImageBytes, image_bytes_from_row, refuse_oversized
 from handler.request_options import RequestOptions, request_options
 from handler.scoring import (
     REGION_WHOLE_IMAGE,
@@ -45,6 +45,7 @@ from handler.settings import HandlerSettings
 from handler.torchscript import ServingOptions, load_torchscript
 from handler.verdict import (
     STATUS_PHRASES,
+    InputLimits,
     ItemScores,
     VerdictPolicy,
     error_item,
@@ -121,6 +122,7 @@ class DeepfakeHandler(BaseHandler):
         self.settings = HandlerSettings()
         self.calibration = Calibration.none()
         self.policy = VerdictPolicy()
+        self.limits = InputLimits()
         self.model_info: dict[str, Any] = {}
         self.metrics = WorkerMetrics(None, "")
         self.face_config: FaceConfig | None = None
@@ -148,6 +150,7 @@ class DeepfakeHandler(BaseHandler):
         if self.metadata.faces is not None and self.face_config is None:
             logger.warning("this model was trained on face crops but model-config.yaml sets faces: off; whole "
                            "images are scored, which it was not trained on")
+        self.limits = InputLimits(self.metadata.preprocessing.max_image_pixels, self.settings.max_upload_bytes)
         threshold = self.settings.threshold if self.settings.threshold is not None else self.metadata.threshold
         self.policy = VerdictPolicy(threshold=threshold, borderline_band=self.settings.borderline_band)
 
@@ -221,7 +224,9 @@ class DeepfakeHandler(BaseHandler):
         """Decodes every request not already refused (once) and cuts the regions to score from it, by index.
 
         Whatever a client sends, the outcome is its regions or an ImageDecodeError for that item alone: an
-        unexpected exception while decoding is logged with its traceback and becomes a 400 corrupt_image.
+        unexpected exception while decoding is logged with its traceback and becomes a 400 corrupt_image. An
+        image file over max_upload_bytes is refused before decoding; every error names the request field the
+        image came from (the decoders see only bytes).
         """
         assert self.metadata is not None, "initialize() must run first"
         preprocessing = self.metadata.preprocessing
@@ -230,17 +235,22 @@ class DeepfakeHandler(BaseHandler):
         for index, row in enumerate(data):
             if index in errors:
                 continue
+            image: ImageBytes | None = None
             try:
-                rgb = decode_for_scoring(image_bytes_from_row(row), preprocessing, self.face_config)
+                image = refuse_oversized(image_bytes_from_row(row, self._request_headers(index)),
+                                         self.settings.max_upload_bytes)
+                rgb = decode_for_scoring(image.data, preprocessing, self.face_config)
                 regions[index] = regions_to_score(rgb, preprocessing, self.face_config)
             except ImageDecodeError as error:
-                errors[index] = error
+                errors[index] = error.located(image.field if image else None)
             except MemoryError:
-                errors[index] = ImageDecodeError("image_too_large", "the image needs more memory than is available")
+                errors[index] = ImageDecodeError("image_too_large", "the image needs more memory than is available",
+                                                 image.field if image else None)
             except Exception as error:  # noqa: BLE001 - untrusted input must never fail the batch
                 logger.exception("item %d of the batch could not be preprocessed", index)
                 errors[index] = ImageDecodeError(
-                    "corrupt_image", f"the image could not be processed ({type(error).__name__})")
+                    "corrupt_image", f"the image could not be processed ({type(error).__name__})",
+                    image.field if image else None)
         return regions, errors
 
     def model_batch(self, regions: dict[int, ScoredRegions]) -> torch.Tensor | None:
@@ -305,7 +315,7 @@ class DeepfakeHandler(BaseHandler):
         responses: list[dict[str, Any]] = []
         for index in range(len(options)):
             if index in errors:
-                status, item = error_item(errors[index])
+                status, item = error_item(errors[index], self.limits)
                 self.context.set_response_status(status, STATUS_PHRASES[status], index)
             else:
                 item = self.scored_item(regions[index], scores[index], options[index].uncalibrated)
@@ -333,6 +343,7 @@ class DeepfakeHandler(BaseHandler):
             "threshold": self.policy.threshold,
             "borderline_band": list(self.policy.borderline_band),
             "max_image_pixels": self.metadata.preprocessing.max_image_pixels,
+            "max_upload_bytes": self.settings.max_upload_bytes,
             "input_size": list(self.metadata.preprocessing.input_size),
             "torch_threads": torch.get_num_threads(),
             "optimization": self.serving.optimization,

@@ -46,11 +46,26 @@ def sniff_format(data: bytes) -> str | None:
 
 
 class ImageDecodeError(ValueError):
-    """The bytes are not an image this service can read; the message says why, for the client."""
+    """The request item cannot be scored; the message says why, for the client.
 
-    def __init__(self, code: str, message: str) -> None:
+    Attributes:
+        code: a stable, machine-readable reason (handler.verdict maps it to the HTTP status).
+        field: where in the request the fault is: "body" for a raw body, the multipart field or JSON key the
+            image came from, an option's name, or the "X-Uncalibrated" header. None where the raiser cannot
+            know (a decoder sees bytes, not a request): the handler then names the field it took the bytes from.
+
+    """
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.field = field
+
+    def located(self, field: str | None) -> ImageDecodeError:
+        """Names `field` unless a field is named already (the raiser knew better); returns the error itself."""
+        if self.field is None:
+            self.field = field
+        return self
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from handler.forensics import ImageDecodeError
 
 UNCALIBRATED = "uncalibrated"
 UNCALIBRATED_HEADER = "x-uncalibrated"
+UNCALIBRATED_HEADER_NAME = "X-Uncalibrated"  # as error messages name it
 OPTION_NAMES = (UNCALIBRATED,)
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
@@ -38,11 +39,16 @@ class RequestOptions:
     uncalibrated: bool = False
 
 
-def parse_flag(name: str, value: Any) -> bool:
+def parse_flag(name: str, value: Any, field: str | None = None) -> bool:
     """A yes/no option from any transport: bool, 0/1, or true/1/yes/false/0/no as text or bytes (any case).
 
+    Args:
+        name: the option.
+        value: what the request carried.
+        field: where the request carried it, when not under the option's own name (the X-Uncalibrated header).
+
     Raises:
-        ImageDecodeError: code "invalid_option", naming the option and the accepted values.
+        ImageDecodeError: code "invalid_option", naming the option, where it was set and the accepted values.
 
     """
     if isinstance(value, bool):
@@ -58,7 +64,9 @@ def parse_flag(name: str, value: Any) -> bool:
         if word in FALSE_WORDS:
             return False
     shown = repr(value[:40]) if isinstance(value, str) else f"a value of type {type(value).__name__}"
-    raise ImageDecodeError("invalid_option", f"option '{name}' must be one of true, 1, yes, false, 0, no; got {shown}")
+    where = f" (header {field})" if field and field != name else ""
+    raise ImageDecodeError("invalid_option", f"option '{name}'{where} must be one of true, 1, yes, false, 0, no; "
+                           f"got {shown}", field or name)
 
 
 def _header(headers: Mapping[str, Any], name: str) -> Any:
@@ -81,10 +89,10 @@ def request_options(row: Mapping[str, Any], headers: Mapping[str, Any] | None = 
     """
     if not isinstance(row, Mapping):  # not something TorchServe sends; the image lookup will refuse the item
         return RequestOptions()
-    sources = [row.get(UNCALIBRATED)]
+    sources = [(UNCALIBRATED, row.get(UNCALIBRATED))]  # (where the request set it, the value)
     body = row.get("body")
     if isinstance(body, Mapping):
-        sources.append(body.get(UNCALIBRATED))
-    sources.append(_header(headers or {}, UNCALIBRATED_HEADER))
-    flags = [parse_flag(UNCALIBRATED, value) for value in sources if value is not None]
+        sources.append((UNCALIBRATED, body.get(UNCALIBRATED)))
+    sources.append((UNCALIBRATED_HEADER_NAME, _header(headers or {}, UNCALIBRATED_HEADER)))
+    flags = [parse_flag(UNCALIBRATED, value, field) for field, value in sources if value is not None]
     return RequestOptions(uncalibrated=any(flags))

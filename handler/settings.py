@@ -19,6 +19,8 @@ SECTION = "handler"
 # `faces:` values. auto: find faces when the model was trained on face crops (metadata.json has `faces`), score
 # whole images otherwise; on: find faces for any model; off: always score the whole image.
 FACE_MODES = ("auto", "on", "off")
+# 6 MiB: a large phone photo; as base64 JSON (8 MiB) it still fits the shipped max_request_size of 9 MiB.
+DEFAULT_MAX_UPLOAD_BYTES = 6 * 2**20
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class HandlerSettings:
         threshold: probability of fake at or above which the label is "fake"; None keeps the threshold
             exported in metadata.json (chosen on validation data), which is what it should almost always be.
         max_image_pixels: larger images are refused with 413 before decoding; None keeps metadata.json's.
+        max_upload_bytes: larger image files (raw, multipart or base64-decoded JSON) are refused with 413
+            payload_too_large before decoding. TorchServe's `max_request_size` bounds the whole request earlier
+            (with a bare 413); it must leave room for this many bytes as base64 JSON (4/3 of it).
         borderline_band: (low, high) with 0.5 <= low < high <= 1: confidences under `high` are flagged.
         torch_threads: torch (and OpenCV) threads per CPU worker; 0 = cores / maxWorkers.
         warmup_runs: dummy forward passes at worker start, so the first client does not pay for them.
@@ -41,6 +46,7 @@ class HandlerSettings:
 
     threshold: float | None = None
     max_image_pixels: int | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     borderline_band: tuple[float, float] = (0.5, 0.7)
     torch_threads: int = 0
     warmup_runs: int = 2
@@ -101,6 +107,8 @@ class HandlerSettings:
             values["threshold"] = _probability("threshold", section["threshold"])
         if section.get("max_image_pixels") is not None:
             values["max_image_pixels"] = _whole_number("max_image_pixels", section["max_image_pixels"], minimum=1)
+        if "max_upload_bytes" in section:
+            values["max_upload_bytes"] = _whole_number("max_upload_bytes", section["max_upload_bytes"], minimum=1)
         if "borderline_band" in section:
             values["borderline_band"] = _band(section["borderline_band"])
         for name in ("torch_threads", "warmup_runs"):

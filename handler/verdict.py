@@ -1,6 +1,8 @@
 """Turns a probability of fake into the JSON a client reads, and a bad item into its error JSON.
 
-Pure functions, so the response schema is tested without a server.
+Pure functions, so the response schema is tested without a server. An error says what went wrong
+(`code`, `message`, `status`), where in the request (`field`) and what the service accepts instead
+(`accepted`, one sentence with this worker's limits), so a client can fix its request without the docs.
 """
 
 from __future__ import annotations
@@ -16,12 +18,62 @@ from handler.forensics import ImageDecodeError
 # invalid_json, invalid_option) are plain 400s.
 ERROR_STATUS = {
     "image_too_large": 413,
+    "payload_too_large": 413,
     "not_an_image": 415,
     "non_finite_score": 500,
 }
 DEFAULT_ERROR_STATUS = 400
 STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type",
                   500: "Internal Server Error"}
+# What `accepted` says, per error code; {formats}, {pixels}, {side}, {bytes} and {mib} are filled in from the
+# worker's InputLimits. Codes about how the image was sent list the three input forms; codes about the file
+# list the formats and limits; an option error lists the option's values.
+FORMATS = "JPEG, PNG, WebP, BMP, TIFF or GIF (first frame)"
+INPUT_FORMS = ("One image per request, as the raw request body, as a multipart file field (any name; 'data' is "
+               "read first) or as JSON {{\"data\": \"<base64>\"}} (keys data, body, file, image, b64; a data: URL "
+               "is fine): a {formats} file of at most {bytes} bytes and {pixels} pixels.")
+FILE_RULES = "A complete, undamaged {formats} file of at most {bytes} bytes ({mib} MiB) and {pixels} pixels."
+ACCEPTED = {
+    "empty_input": INPUT_FORMS,
+    "missing_image": INPUT_FORMS,
+    "invalid_json": INPUT_FORMS,
+    "bad_base64": INPUT_FORMS,
+    "not_an_image": FILE_RULES,
+    "corrupt_image": FILE_RULES,
+    "image_too_large": ("Images of at most {pixels} pixels (width x height, e.g. {side}x{side}); downscale larger "
+                        "ones before sending."),
+    "payload_too_large": ("Image files of at most {bytes} bytes ({mib} MiB), sent raw, as a multipart file or as "
+                          "base64 JSON (which adds a third); compress or downscale larger ones."),
+    "invalid_option": ("Option 'uncalibrated' takes true, 1, yes, false, 0 or no (any case), as the X-Uncalibrated "
+                       "header, a form field, a JSON key, or a query parameter on /invocations and "
+                       "/{{model}}/predict."),
+    "non_finite_score": ("Nothing to change in the request: the model failed on this image; the operators have "
+                         "the log."),
+}
+DEFAULT_ACCEPTED = INPUT_FORMS
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What a worker accepts, as the `accepted` sentences state it.
+
+    Attributes:
+        max_image_pixels: decoded width x height (metadata.json, or model-config.yaml's handler setting).
+        max_upload_bytes: bytes of the image file (model-config.yaml's handler setting).
+
+    """
+
+    max_image_pixels: int = 40_000_000
+    max_upload_bytes: int = 6 * 2**20
+
+
+def accepted(code: str, limits: InputLimits) -> str:
+    """One sentence: the forms, formats and limits (or option values) that would have been accepted."""
+    return ACCEPTED.get(code, DEFAULT_ACCEPTED).format(
+        formats=FORMATS, pixels=limits.max_image_pixels, side=int(limits.max_image_pixels ** 0.5),
+        bytes=limits.max_upload_bytes, mib=f"{limits.max_upload_bytes / 2**20:g}")
+
+
 # Said when a face model found no face and scored the whole image instead: the verdict then comes from input
 # unlike anything the model was trained on, and the client can fix that.
 NO_FACE_NOTE = ("No face was found, so the whole image was scored; this model was trained on face crops, so this "
@@ -140,7 +192,13 @@ def face_fields(
     return {"faces": faces, "decided_by_face": decided_by}
 
 
-def error_item(error: ImageDecodeError) -> tuple[int, dict[str, Any]]:
-    """HTTP status and JSON body for an item that could not be scored."""
+def error_item(error: ImageDecodeError, limits: InputLimits | None = None) -> tuple[int, dict[str, Any]]:
+    """HTTP status and JSON body for an item that could not be scored.
+
+    The body is {"error": {"code", "message", "status", "field", "accepted"}}: `field` is where in the request
+    the fault is (None when it is not the request's: non_finite_score), `accepted` what would have been taken.
+    """
     status = ERROR_STATUS.get(error.code, DEFAULT_ERROR_STATUS)
-    return status, {"error": {"code": error.code, "message": str(error), "status": status}}
+    body = {"code": error.code, "message": str(error), "status": status, "field": error.field,
+            "accepted": accepted(error.code, limits or InputLimits())}
+    return status, {"error": body}

@@ -166,15 +166,22 @@ def decode_reply(buffer: bytes) -> WorkerReply:
     return WorkerReply(code, message.decode(), items)
 
 
-def service_predict(context, handler, rows: list[dict], headers: list[dict] | None = None) -> WorkerReply:
-    """Runs a batch through ts.service.Service.predict, the worker's own code path, as the frontend would send it."""
+def service_predict(context, handler, rows: list[dict], headers: list[dict] | None = None,
+                    content_types: list[dict] | None = None) -> WorkerReply:
+    """Runs a batch through ts.service.Service.predict, the worker's own code path, as the frontend would send it.
+
+    `content_types` gives each row key's content type as the frontend sends it ("" when not given: what it
+    sends for a text form field or a query parameter).
+    """
     cache = MetricsCacheYamlImpl(config_file_path=str(REPO_ROOT / "config" / "metrics.yaml"))
     cache.initialize_cache()
     service = Service("deepfake", context.system_properties["model_dir"], None, handler.handle, None, len(rows),
                       metrics_cache=cache)
     service.set_cl_socket(None)
+    kinds = content_types or [{}] * len(rows)
     batch = [{"requestId": f"r{index}".encode(),
-              "parameters": [{"name": name, "contentType": "", "value": value} for name, value in row.items()],
+              "parameters": [{"name": name, "contentType": kinds[index].get(name, ""), "value": value}
+                             for name, value in row.items()],
               "headers": [{"name": key.encode(), "value": value.encode()}
                           for key, value in (headers or [{}] * len(rows))[index].items()]}
              for index, row in enumerate(rows)]
@@ -355,3 +362,71 @@ def test_the_handler_module_defines_exactly_one_class():
     defined = [obj for _, obj in inspect.getmembers(handler_module, inspect.isclass)
                if obj.__module__ == handler_module.__name__]
     assert defined == [handler_module.DeepfakeHandler]
+
+
+# --- the error contract: which field, why, what is accepted; the upload limit ---------------------------------
+
+
+def test_an_upload_over_max_upload_bytes_is_refused_before_decoding(handler_and_context):
+    handler, context = handler_and_context(4, max_upload_bytes=2000)
+    small = png(np.full((20, 20, 3), 90, np.uint8))
+    bomb = png_header_claiming(100_000, 100_000)  # decoding would answer image_too_large
+    assert len(small) <= 2000
+    rows = [{"body": bomb + bytes(2000)}, {"body": {"data": base64.b64encode(bytes(2001)).decode()}},
+            {"upload": bytearray(bytes(2001))}, {"body": small}]
+    responses = handler.handle(rows, context)
+    assert statuses(context) == [413, 413, 413, 200]
+    assert [(r["error"]["code"], r["error"]["field"]) for r in responses[:3]] == [
+        ("payload_too_large", "body"), ("payload_too_large", "data"), ("payload_too_large", "upload")]
+    assert "the limit is 2000 bytes" in responses[0]["error"]["message"]
+    assert "at most 2000 bytes" in responses[0]["error"]["accepted"]
+
+
+def test_errors_name_the_field_and_what_this_worker_accepts(handler_and_context):
+    handler, context = handler_and_context(5, max_image_pixels=400, max_upload_bytes=50_000)
+    noise = np.random.default_rng(3).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    rows = [{"upload": bytearray(noise)}, {"body": {"image": base64.b64encode(noise).decode()}},
+            {"body": png(np.zeros((30, 30, 3), np.uint8))}, {"data": bytearray()}, {"body": {"b64": "%%"}}]
+    responses = handler.handle(rows, context)
+    errors = [response["error"] for response in responses]
+    assert [(e["code"], e["field"], e["status"]) for e in errors] == [
+        ("not_an_image", "upload", 415), ("not_an_image", "image", 415), ("image_too_large", "body", 413),
+        ("empty_input", "data", 400), ("bad_base64", "b64", 400)]
+    assert all(e["message"] and "400 pixels" in e["accepted"] for e in errors)
+    assert all("50000 bytes" in e["accepted"] for e in errors if e["code"] != "image_too_large")
+    assert handler.describe_handle()["max_upload_bytes"] == 50_000
+
+
+def test_a_non_finite_score_names_no_field(handler_and_context, tiny_dataset):
+    data = (tiny_dataset / "real" / "real_00000.jpg").read_bytes()
+    handler, context = handler_and_context(2, replace_files={"model.torchscript.pt":
+                                                             torchscript_bytes(NanAfterTheFirst())})
+    responses = handler.handle([{"body": data}, {"body": data}], context)
+    assert responses[1]["error"]["code"] == "non_finite_score" and responses[1]["error"]["field"] is None
+
+
+def test_what_the_frontend_sends_gets_errors_that_say_what_the_request_looked_like(handler_and_context, tiny_dataset):
+    data = (tiny_dataset / "real" / "real_00004.jpg").read_bytes()
+    handler, context = handler_and_context(1)
+    multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+    rows = [
+        {"caption": b"a text field, no file"},  # a form with only a text field: that field is not an image
+        {},  # a multipart body whose boundary did not match: the frontend found no part
+        {"body": b'{"data": "abc'},  # declared JSON, did not parse: the worker forwards the bytes
+        {"body": data},  # the same declaration on image bytes: still the image
+        {"body": data},  # a bad option in the header
+        {"note": b"hello", "data": data},  # a file beside a text field
+    ]
+    headers = [multipart, multipart, {"Content-Type": "application/json"}, {"Content-Type": "application/json"},
+               {"X-Uncalibrated": "ture"}, multipart]
+    content_types = [{}, {}, {"body": "application/json"}, {"body": "application/json"}, {},
+                     {"data": "image/jpeg"}]  # "" for the rest: what the frontend sends for a field without a file
+    reply = service_predict(context, handler, rows, headers=headers, content_types=content_types)
+    answers = [(status, body.get("error", {}).get("code"), body.get("error", {}).get("field"))
+               for _, status, body in reply.items]
+    assert answers == [(415, "not_an_image", "caption"), (400, "missing_image", "body"),
+                       (400, "invalid_json", "body"), (200, None, None), (400, "invalid_option", "X-Uncalibrated"),
+                       (200, None, None)]
+    bodies = [body for _, _, body in reply.items]
+    assert "boundary" in bodies[1]["error"]["message"] and "does not parse" in bodies[2]["error"]["message"]
+    assert "true, 1, yes" in bodies[4]["error"]["accepted"]

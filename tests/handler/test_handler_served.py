@@ -206,30 +206,56 @@ def test_bad_or_lonely_options_are_refused(torchserve, face):
     assert empty_body.status_code == 400 and empty_body.json()["error"]["code"] == "empty_input"
 
 
-def test_hostile_uploads_get_their_own_status_and_never_restart_a_worker(torchserve, face):
+def test_hostile_uploads_get_their_own_status_and_field_and_never_restart_a_worker(torchserve, face):
     frames = [Image.new("RGB", (40, 30), colour) for colour in ((255, 0, 0), (0, 255, 0))]
-    cases = {
-        "PNG header claiming 100000x100000": (dict(data=png_header_claiming(100_000, 100_000)), 413, "image_too_large"),
-        "PNG header claiming 10000x10000": (dict(data=png_header_claiming(10_000, 10_000)), 413, "image_too_large"),
-        "1x1 image": (dict(data=encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG")), 200, None),
-        "1x5000 image": (dict(data=encode(Image.new("RGB", (1, 5000), (9, 9, 9)), "PNG")), 200, None),
-        "multi-frame GIF": (dict(data=encode(frames[0], "GIF", save_all=True, append_images=frames[1:])), 200, None),
-        "float TIFF": (dict(data=encode(Image.new("F", (30, 20), 0.7), "TIFF")), 200, None),
-        "LAB TIFF": (dict(data=encode(Image.new("LAB", (30, 20)), "TIFF")), 200, None),
-        "random bytes": (dict(data=np.random.default_rng(5).bytes(5000)), 415, "not_an_image"),
-        "truncated PNG": (dict(data=encode(Image.fromarray(face), "PNG")[:300]), 400, "corrupt_image"),
-        "JSON list": (dict(json=[1, 2, 3]), 400, "invalid_json"),
-        "JSON non-string data": (dict(json={"data": 12345}), 400, "invalid_json"),
-        "JSON bad base64": (dict(json={"data": "%%%"}), 400, "bad_base64"),
-        "text body": (dict(data="hello", headers={"Content-Type": "text/plain"}), 415, "not_an_image"),
+    cases = {  # request, status, code, field (the full corpus is scripts/reliability/bad_inputs.py)
+        "PNG header claiming 100000x100000": (dict(data=png_header_claiming(100_000, 100_000)), 413, "image_too_large",
+                                              "body"),
+        "PNG header claiming 10000x10000": (dict(data=png_header_claiming(10_000, 10_000)), 413, "image_too_large",
+                                            "body"),
+        "1x1 image": (dict(data=encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG")), 200, None, None),
+        "1x5000 image": (dict(data=encode(Image.new("RGB", (1, 5000), (9, 9, 9)), "PNG")), 200, None, None),
+        "multi-frame GIF": (dict(data=encode(frames[0], "GIF", save_all=True, append_images=frames[1:])), 200, None,
+                            None),
+        "float TIFF": (dict(data=encode(Image.new("F", (30, 20), 0.7), "TIFF")), 200, None, None),
+        "LAB TIFF": (dict(data=encode(Image.new("LAB", (30, 20)), "TIFF")), 200, None, None),
+        "random bytes": (dict(data=np.random.default_rng(5).bytes(5000)), 415, "not_an_image", "body"),
+        "random bytes in a file field": (dict(files={"upload": ("x.bin", np.random.default_rng(6).bytes(500))}), 415,
+                                         "not_an_image", "upload"),
+        "truncated PNG": (dict(data=encode(Image.fromarray(face), "PNG")[:300]), 400, "corrupt_image", "body"),
+        "JSON list": (dict(json=[1, 2, 3]), 400, "invalid_json", "body"),
+        "JSON non-string data": (dict(json={"data": 12345}), 400, "invalid_json", "data"),
+        "JSON bad base64": (dict(json={"data": "%%%"}), 400, "bad_base64", "data"),
+        "truncated JSON": (dict(data=b'{"data": "iVBOR', headers={"Content-Type": "application/json"}), 400,
+                           "invalid_json", "body"),
+        "text body": (dict(data="hello", headers={"Content-Type": "text/plain"}), 415, "not_an_image", "body"),
+        "form without a file": (dict(files={"caption": (None, "hello")}), 415, "not_an_image", "caption"),
     }
     before = worker_identities(torchserve, "deepfake")
-    for name, (kwargs, status, code) in cases.items():
+    for name, (kwargs, status, code, field) in cases.items():
         response = post(torchserve, **kwargs)
         assert response.status_code == status, (name, response.text)
-        assert response.json().get("error", {}).get("code") == code, name
+        error = response.json().get("error", {})
+        assert (error.get("code"), error.get("field")) == (code, field), (name, error)
+        assert not error or (error["message"] and error["accepted"] and error["status"] == status), (name, error)
     assert worker_identities(torchserve, "deepfake") == before  # same worker ids, pids and start times
     assert post(torchserve, data=encode(Image.fromarray(face), "PNG")).status_code == 200
+
+
+def test_bodies_over_the_two_size_limits(torchserve, face):
+    # Under max_request_size (9 MiB) but over the handler's max_upload_bytes (6 MiB): the handler's JSON 413,
+    # raw or as base64 JSON. Over max_request_size: the frontend's bare 413, with an empty body.
+    image = encode(Image.fromarray(face), "PNG")
+    over_upload = image + bytes(6 * 2**20 + 1 - len(image))
+    as_json = {"data": base64.b64encode(over_upload).decode()}
+    for kwargs, field in ((dict(data=over_upload), "body"), (dict(json=as_json), "data")):
+        response = post(torchserve, **kwargs)
+        assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+        assert response.json()["error"]["field"] == field and "6291456" in response.json()["error"]["accepted"]
+    over_request = post(torchserve, data=image + bytes(9 * 2**20 + 1 - len(image)))
+    assert over_request.status_code == 413 and over_request.content == b""
+    assert over_request.headers["content-length"] == "0"
+    assert post(torchserve, data=image).status_code == 200  # the connection pool and the worker carry on
 
 
 def test_handler_metrics_count_what_was_sent(torchserve, tiny_dataset):
@@ -305,6 +331,7 @@ def test_customized_describe_reports_the_settings_in_force(torchserve, tiny_expo
     assert described["threshold"] == metadata.threshold
     assert described["model"]["name"] == "deepfake" and described["model"]["version"] == "1.0"
     assert described["borderline_band"] == [0.5, 0.7]
+    assert described["max_upload_bytes"] == 6 * 2**20
     assert described["training"]["calibration"] == "temperature"
     assert described["training"]["test_metrics"]["roc_auc"] == metadata.training["evaluation"]["calibrated"]["roc_auc"]
     # The describe call is not a prediction: the worker still answers predictions afterwards.

@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from handler.faces import FaceConfig
-from handler.settings import HandlerSettings
+from handler.settings import DEFAULT_MAX_UPLOAD_BYTES, HandlerSettings
+from scripts.serve import CONFIGS, read_properties
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -14,6 +15,7 @@ def test_the_shipped_model_config_is_valid_and_read_as_written():
     settings = HandlerSettings.from_model_config(model_config)
     section = model_config["handler"]
     assert settings.max_image_pixels == section["max_image_pixels"]
+    assert settings.max_upload_bytes == section["max_upload_bytes"] == DEFAULT_MAX_UPLOAD_BYTES == 6 * 2**20
     assert settings.borderline_band == tuple(section["borderline_band"])
     assert (settings.torch_threads, settings.warmup_runs) == (section["torch_threads"], section["warmup_runs"])
     assert settings.threshold is None  # commented out: metadata.json's threshold applies
@@ -30,8 +32,8 @@ def test_unknown_setting_names_itself_and_the_known_ones():
         HandlerSettings.from_model_config({"handler": {"treshold": 0.4, "warmup_runs": 1}})
     message = str(raised.value)
     assert "'treshold'" in message
-    assert all(name in message for name in ("threshold", "max_image_pixels", "borderline_band", "torch_threads",
-                                            "warmup_runs", "faces"))
+    assert all(name in message for name in ("threshold", "max_image_pixels", "max_upload_bytes", "borderline_band",
+                                            "torch_threads", "warmup_runs", "faces"))
 
 
 @pytest.mark.parametrize(("settings", "named"), [
@@ -47,6 +49,10 @@ def test_unknown_setting_names_itself_and_the_known_ones():
     ({"borderline_band": "0.5-0.7"}, "'borderline_band'"),
     ({"max_image_pixels": 0}, "'max_image_pixels'"),
     ({"max_image_pixels": 4e7}, "'max_image_pixels'"),
+    ({"max_upload_bytes": 0}, "'max_upload_bytes' must be a whole number >= 1"),
+    ({"max_upload_bytes": "6MB"}, "'max_upload_bytes'"),
+    ({"max_upload_bytes": None}, "'max_upload_bytes'"),
+    ({"max_upload_bytes": True}, "'max_upload_bytes'"),
     ({"torch_threads": -1}, "'torch_threads'"),
     ({"warmup_runs": 1.5}, "'warmup_runs'"),
     ({"faces": "yes"}, "'faces' must be one of \\['auto', 'on', 'off'\\]"),
@@ -57,6 +63,20 @@ def test_unknown_setting_names_itself_and_the_known_ones():
 def test_invalid_values_are_refused_with_the_setting_named(settings, named):
     with pytest.raises(ValueError, match=named):
         HandlerSettings.from_model_config({"handler": settings})
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_a_base64_image_at_the_upload_limit_fits_the_frontends_request_limit(config):
+    # Over max_request_size the frontend answers a bare 413 before the handler can name the limit, so every
+    # shipped config must carry a JSON body of max_upload_bytes of base64 (4/3 of it) with room to spare.
+    max_request_size = int(read_properties(CONFIGS[config])["max_request_size"])
+    assert max_request_size == 9 * 2**20
+    assert DEFAULT_MAX_UPLOAD_BYTES * 4 / 3 + 64 * 1024 < max_request_size
+
+
+def test_the_upload_limit_is_read():
+    assert HandlerSettings.from_model_config({"handler": {"max_upload_bytes": 1024}}).max_upload_bytes == 1024
+    assert HandlerSettings.from_model_config({"handler": {}}).max_upload_bytes == DEFAULT_MAX_UPLOAD_BYTES
 
 
 def test_valid_edges_are_accepted():

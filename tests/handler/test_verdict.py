@@ -2,9 +2,13 @@ import pytest
 
 from handler.forensics import ImageDecodeError
 from handler.verdict import (
+    ACCEPTED,
+    ERROR_STATUS,
     NO_FACE_NOTE,
+    InputLimits,
     ItemScores,
     VerdictPolicy,
+    accepted,
     error_item,
     face_fields,
     face_verdict,
@@ -31,11 +35,45 @@ def test_threshold_moves_the_decision():
     assert verdict(0.3, VerdictPolicy(threshold=0.25), calibrated=True)["calibrated"] is True
 
 
-@pytest.mark.parametrize(("code", "status"), [("image_too_large", 413), ("not_an_image", 415), ("corrupt_image", 400)])
-def test_error_items_carry_status_code_and_message(code, status):
-    got_status, body = error_item(ImageDecodeError(code, "why"))
+@pytest.mark.parametrize(("code", "status"), [("image_too_large", 413), ("payload_too_large", 413),
+                                             ("not_an_image", 415), ("corrupt_image", 400), ("missing_image", 400),
+                                             ("non_finite_score", 500)])
+def test_error_items_carry_status_code_message_field_and_what_is_accepted(code, status):
+    limits = InputLimits(max_image_pixels=1234, max_upload_bytes=5678)
+    got_status, body = error_item(ImageDecodeError(code, "why", "data"), limits)
     assert got_status == status
-    assert body == {"error": {"code": code, "message": "why", "status": status}}
+    assert body == {"error": {"code": code, "message": "why", "status": status, "field": "data",
+                              "accepted": accepted(code, limits)}}
+    # The keys clients already read come first and keep their meaning.
+    assert list(body["error"])[:3] == ["code", "message", "status"]
+
+
+def test_an_error_without_a_field_says_null():
+    _, body = error_item(ImageDecodeError("non_finite_score", "the model produced NaN"))
+    assert body["error"]["field"] is None and body["error"]["accepted"]
+
+
+def test_every_error_code_has_a_sentence_with_the_limits_in_force():
+    limits = InputLimits(max_image_pixels=2_500_000, max_upload_bytes=3 * 2**20)
+    for code in {*ACCEPTED, *ERROR_STATUS}:
+        sentence = accepted(code, limits)
+        placeholders = ("{formats}", "{pixels}", "{side}", "{bytes}", "{mib}")
+        assert sentence.endswith(".") and not any(name in sentence for name in placeholders), (code, sentence)
+    for code in ("not_an_image", "corrupt_image", "empty_input", "missing_image", "bad_base64", "invalid_json"):
+        sentence = accepted(code, limits)
+        assert "2500000 pixels" in sentence and "3145728 bytes" in sentence, code
+        assert all(name in sentence for name in ("JPEG", "PNG", "WebP", "BMP", "TIFF", "GIF")), code
+    for code in ("empty_input", "missing_image", "bad_base64", "invalid_json"):  # how to send it: the three forms
+        assert all(form in accepted(code, limits) for form in ("raw request body", "multipart", '{"data"')), code
+    too_large = accepted("image_too_large", limits)
+    assert "2500000 pixels" in too_large and "1581x1581" in too_large
+    assert "3145728 bytes (3 MiB)" in accepted("payload_too_large", limits)
+    assert all(word in accepted("invalid_option", limits) for word in ("true", "false", "X-Uncalibrated"))
+
+
+def test_an_unknown_code_is_a_400_that_lists_the_input_forms():
+    status, body = error_item(ImageDecodeError("something_new", "why"))
+    assert status == 400 and body["error"]["accepted"] == accepted("missing_image", InputLimits())
 
 
 @pytest.mark.parametrize(("probability", "label", "borderline"), [
