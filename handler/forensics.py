@@ -27,6 +27,9 @@ LAPLACIAN_STD = 0.08
 
 
 # File signatures: bytes that start like a known format but fail to decode are "corrupt", not "not an image".
+# The formats Pillow may open. Pillow reads two dozen more (EPS runs Ghostscript on the upload; JPEG 2000, AVIF, TGA,
+# PCX, ... add decoder attack surface no camera or phone needs), so anything else is refused as not_an_image.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 MAGIC_NUMBERS = {
     b"\xff\xd8\xff": "JPEG",
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -129,12 +132,27 @@ def _float_to_eight_bits(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(samples * scale), 0, 255).astype(np.uint8)
 
 
+# Pixels composited at a time: the temporaries stay a few MB whatever the image size.
+COMPOSITE_CHUNK_PIXELS = 1 << 20
+
+
 def _over_background(rgba: np.ndarray) -> np.ndarray:
-    """Composites RGBA over ALPHA_BACKGROUND: what a person sees, not the colour left under transparent pixels."""
-    colour = rgba[..., :3].astype(np.uint32)
-    alpha = rgba[..., 3:].astype(np.uint32)
-    blended = (colour * alpha + ALPHA_BACKGROUND * (255 - alpha) + 127) // 255
-    return blended.astype(np.uint8)
+    """Composites RGBA over ALPHA_BACKGROUND: what a person sees, not the colour left under transparent pixels.
+
+    Row blocks in uint16 (colour * alpha + 255 * (255 - alpha) + 127 <= 65152): a 45-byte GIF can claim a
+    40 Mpx transparent canvas, and full-size uint32 temporaries cost 1.9 GB for it where these cost 0.5 GB
+    (found by scripts/reliability/fuzz.py).
+    """
+    height, width = rgba.shape[:2]
+    out = np.empty((height, width, 3), np.uint8)
+    rows = max(1, COMPOSITE_CHUNK_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        block = rgba[top: top + rows]
+        alpha = block[..., 3:].astype(np.uint16)
+        blended = block[..., :3] * alpha
+        blended += ALPHA_BACKGROUND * (255 - alpha) + 127
+        out[top: top + rows] = blended // 255
+    return out
 
 
 def rgb_from_image(image: Image.Image) -> np.ndarray:
@@ -232,7 +250,7 @@ def decode_rgb(data: bytes, max_image_pixels: int = PreprocessConfig.max_image_p
         with warnings.catch_warnings():
             # Pillow's own bomb warning is superseded by the explicit limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
                 width, height = image.size
                 if width * height > max_image_pixels:
                     raise ImageDecodeError(

@@ -1,4 +1,5 @@
 import io
+import tracemalloc
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ from handler.forensics import (
     model_input_from_bytes,
     model_input_from_rgb,
     resize_rgb,
+    rgb_from_image,
 )
 from tests.handler.hostile_images import png_header_claiming
 
@@ -379,3 +381,34 @@ def test_metadata_written_before_the_flag_existed_keeps_full_decoding():
     del values["jpeg_reduced_decode"]
     assert PreprocessConfig.from_dict(values).jpeg_reduced_decode is False
     assert PreprocessConfig.from_dict(PreprocessConfig(jpeg_reduced_decode=True).to_dict()).jpeg_reduced_decode
+
+
+@pytest.mark.parametrize("fmt", ["TGA", "PCX", "PPM", "ICO", "SGI"])
+def test_formats_outside_the_accepted_six_are_refused_as_not_an_image(fmt):
+    # Pillow would decode these; the service accepts JPEG, PNG, WebP, GIF, BMP and TIFF only (less decoder surface).
+    data = encode(Image.fromarray(gradient_rgb()), fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt  # Pillow itself reads the file
+    with pytest.raises(ImageDecodeError) as raised:
+        decode_rgb(data)
+    assert raised.value.code == "not_an_image"
+
+
+def test_a_small_gif_claiming_a_huge_transparent_canvas_is_composited_in_bounded_memory():
+    # 45 bytes: a 1x1 transparent GIF whose logical screen claims 8000x5000 (found by scripts/reliability/fuzz.py).
+    data = bytes.fromhex("474946383961401f881380000000000000000021f90401000000002c000000000100010000080400010404003b")
+    tracemalloc.start()
+    try:
+        rgb = decode_rgb(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rgb.shape == (5000, 8000, 3) and (rgb == 255).all()  # transparent over white
+    # The RGBA canvas (160 MB) and the RGB result (120 MB) are unavoidable; full-size uint32 temporaries were not.
+    assert peak < 600 * 2**20, peak / 2**20
+
+
+def test_compositing_in_blocks_matches_the_formula_for_every_colour_and_alpha():
+    colour, alpha = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8), indexing="ij")
+    rgba = np.dstack([colour, colour, colour, alpha])
+    expected = (colour.astype(np.uint32) * alpha + 255 * (255 - alpha.astype(np.uint32)) + 127) // 255
+    assert (rgb_from_image(Image.fromarray(rgba, "RGBA"))[..., 0] == expected).all()
