@@ -3,7 +3,9 @@
 import base64
 import json
 import os
+import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,14 +23,20 @@ from handler.metadata import ModelMetadata
 from handler.torchscript import load_torchscript
 from scripts.serve import (
     CONFIGS,
+    RESTART_MARKER,
+    CrashLoopGuard,
     Ports,
+    RestartPolicy,
     ServeConfig,
     ServeError,
+    Supervisor,
     TorchServe,
+    _fatal_output_line,
     absolute_log4j_vmargs,
     check_runtime_properties,
     literal_regex,
     model_workers,
+    read_keys,
     read_properties,
     runtime_properties,
     security_warnings,
@@ -138,7 +146,7 @@ def test_runtime_config_binds_loopback_with_the_chosen_ports(torchserve):
     assert properties["metrics_mode"] == "prometheus"
     assert properties["disable_token_authorization"] == "true" and properties["enable_model_api"] == "true"
     store = str(torchserve.config.model_store.resolve())
-    assert properties["allowed_urls"] == f"file://{literal_regex(store)}/[^/]+[.]mar"
+    assert properties["allowed_urls"] == f"file://{literal_regex(store)}/[A-Za-z0-9_.-]+[.]mar"
     assert Path(properties["metrics_config"]) == REPO_ROOT / "config" / "metrics.yaml"
 
 
@@ -235,7 +243,7 @@ def test_production_config_keeps_listener_hosts_and_takes_ports_and_absolute_pat
     assert (values["management_address"], values["metrics_address"]) == ("http://127.0.0.1:1002", "http://127.0.0.1:1003")
     assert (values["grpc_inference_address"], values["grpc_inference_port"]) == ("0.0.0.0", "1004")
     assert (values["grpc_management_address"], values["grpc_management_port"]) == ("127.0.0.1", "1005")
-    assert values["allowed_urls"] == f"file://{tmp_path}/my[.]store/[^/]+[.]mar"
+    assert values["allowed_urls"] == f"file://{tmp_path}/my[.]store/[A-Za-z0-9_.-]+[.]mar"
     assert f"-Dlog4j.configurationFile={REPO_ROOT / 'config' / 'log4j2-production.xml'}" in values["vmargs"].split()
     check_runtime_properties(values, CONFIGS["production"])  # every file it names exists
     assert security_warnings(values) == []
@@ -286,3 +294,201 @@ def test_dev_config_warns_and_louder_when_exposed():
     assert exposed[1] == ("and management_address, grpc_inference_address listen beyond this machine: other hosts "
                           "can call them without a token")
     assert security_warnings({**dev, "disable_token_authorization": "false"}) == []
+
+
+# --- supervision: a foreground server whose Java frontend dies is restarted --------------------------------------
+
+
+class OutputLines:
+    """A subprocess's output read on a thread, so a test waits for a line with a timeout instead of hanging."""
+
+    def __init__(self, stream) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.reader.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+
+    def next(self, timeout: float = 180) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output line within {timeout} s; so far: {self.seen}") from None
+        self.seen.append(line)
+        return line
+
+    def rest(self) -> list[str]:
+        """The lines not read yet, once the process has closed its output."""
+        self.reader.join(timeout=60)
+        return [self.lines.get() for _ in range(self.lines.qsize())]
+
+
+def run_dir_processes(run_dir: Path) -> list[psutil.Process]:
+    """Every live process whose TMPDIR is the run dir's: the CLI, Java, the workers, orphaned ones too."""
+    tmp_dir = str(run_dir.resolve() / "tmp")
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("TMPDIR") == tmp_dir and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def start_supervised(run_dir: Path, model_store: Path, *options: str) -> tuple[subprocess.Popen, OutputLines]:
+    command = [sys.executable, "-m", "scripts.serve", "start", "--foreground", "--free-ports", "--run-dir",
+               str(run_dir), "--model-store", str(model_store), *options]
+    cli = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    return cli, OutputLines(cli.stdout)
+
+
+def end_all(cli: subprocess.Popen, run_dir: Path) -> None:
+    """After a test, pass or fail: nothing of it may outlive it."""
+    for process in [cli, *run_dir_processes(run_dir)]:
+        try:
+            process.kill()
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+
+
+def test_restart_policy_backs_off_exponentially_and_the_guard_gives_up_within_its_window():
+    policy = RestartPolicy(max_restarts=3, window_seconds=10, backoff_seconds=1, max_backoff_seconds=3)
+    guard = CrashLoopGuard(policy)
+    assert [guard.record_failure(t) for t in (100.0, 101.0, 102.0)] == [0.0, 1.0, 2.0]  # the first is immediate
+    assert guard.record_failure(103.0) is None  # a 4th failure within 10 s: give up
+    calm = CrashLoopGuard(policy)
+    assert [calm.record_failure(t) for t in (100.0, 101.0, 102.0)] == [0.0, 1.0, 2.0]
+    assert calm.record_failure(112.5) == 0.0 and calm.recent == 1  # the three earlier ones left the window
+    assert RestartPolicy(max_restarts=9, backoff_seconds=1, max_backoff_seconds=3).delay(6) == 3.0
+    with pytest.raises(ValueError, match="restart mode 'always'"):
+        RestartPolicy(mode="always")
+
+
+def test_supervisor_stops_instead_of_restarting_under_never_and_when_the_budget_is_spent(tmp_path):
+    announced = []
+    never = TorchServe(ServeConfig(run_dir=tmp_path, restart=RestartPolicy(mode="never")))
+    with pytest.raises(ServeError, match=r"frontend died \(Java exited\); not restarted \(--restart never\)"):
+        Supervisor(never, lambda server, supervisor: announced.append(server), log=announced.append).restart(
+            "Java exited")
+    assert announced == ["TorchServe frontend died: Java exited. Restart policy never: stopping"]
+    spent = TorchServe(ServeConfig(run_dir=tmp_path, restart=RestartPolicy(max_restarts=0)))
+    with pytest.raises(ServeError, match=r"giving up after 1 failures within 300 s \(more than --max-restarts 0\)"):
+        Supervisor(spent, lambda server, supervisor: None, log=lambda line: None).restart("Java exited")
+
+
+def test_restart_options_need_the_foreground():
+    refused = serve_cli("start", "--restart", "never")
+    assert refused.returncode == 2 and "--max-restarts, --restart-window and --restart-backoff need --foreground" in (
+        refused.stderr)
+
+
+def test_the_reason_names_what_the_jvm_printed_since_the_last_start(tmp_path):
+    (tmp_path / "torchserve.out").write_text(
+        "Warning: TorchServe is using non-default JVM parameters: -Xmx1g -XX:+ExitOnOutOfMemoryError\n"
+        "Terminating due to java.lang.OutOfMemoryError: Java heap space\n")
+    assert _fatal_output_line(tmp_path) == "Terminating due to java.lang.OutOfMemoryError: Java heap space"
+    with (tmp_path / "torchserve.out").open("a") as output:
+        output.write(f"{RESTART_MARKER} 1 at now: ... ---\nWarning: ... -XX:+ExitOnOutOfMemoryError\n")
+    assert _fatal_output_line(tmp_path) is None  # the OOM was the previous frontend's
+
+
+@e2e
+def test_killed_java_is_restarted_status_follows_and_stop_during_a_restart_ends_everything(model_store, tmp_path,
+                                                                                             tiny_dataset):
+    run_dir = tmp_path / "serve"
+    cli, output = start_supervised(run_dir, model_store, "--config", "production")
+    try:
+        assert output.next().startswith("TorchServe ready in "), output.seen
+        assert output.next().startswith("token authorization on: keys in ")
+        state = json.loads((run_dir / "server.json").read_text())
+        assert state["supervisor"]["pid"] == cli.pid and state["supervisor"]["state"] == "running"
+        old_tree = run_dir_processes(run_dir)
+        java = psutil.Process(state["frontend_pid"])
+        assert java.name() == "java" and java in old_tree and len(old_tree) == 3  # CLI, Java, one worker
+        old_key = read_keys(run_dir)["inference"]["key"]
+
+        java.send_signal(signal.SIGKILL)
+        died = output.next()
+        assert died.startswith(f"TorchServe frontend died: the Java frontend (pid {java.pid}) exited"), died
+        assert died.endswith("Restart 1 in 0.0 s (failure 1 of at most 5 within 300 s)")
+        during = serve_cli("status", "--run-dir", str(run_dir))  # the new server loads its model for seconds
+        assert during.returncode == 1, during.stdout
+        assert re.fullmatch(r"running: (True|False), ready: False( \(pid \d+\))?; restarting",
+                            during.stdout.splitlines()[0]), during.stdout
+        assert f"supervisor: pid {cli.pid}, restarting; 1 restart(s), the last at " in during.stdout
+        second = serve_cli("start", "--run-dir", str(run_dir), "--model-store", str(model_store), "--free-ports")
+        assert second.returncode == 1 and "stop it first" in second.stderr, second.stderr  # no second server
+
+        restarted = output.next()
+        assert restarted.startswith("TorchServe restarted: ready in ") and "(restart 1, pid " in restarted
+        assert "processes of the old tree ended" in restarted and "same ports and config" in restarted
+        assert output.next().startswith("token authorization on: the keys CHANGED")
+        after = serve_cli("status", "--run-dir", str(run_dir))
+        assert after.returncode == 0, after.stdout
+        new_state = json.loads((run_dir / "server.json").read_text())
+        lines = after.stdout.splitlines()
+        assert lines[0] == f"running: True, ready: True (pid {new_state['pid']})"
+        assert lines[1].startswith(f"supervisor: pid {cli.pid}, running; 1 restart(s), the last at ")
+        assert f"after: the Java frontend (pid {java.pid}) exited" in lines[1]
+        assert any(line.startswith("token keys: NEW since the restart at ") for line in lines)
+        assert not [p for p in old_tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # orphans too
+        assert new_state["ports"] == state["ports"] and new_state["frontend_pid"] != java.pid
+        new_key = read_keys(run_dir)["inference"]["key"]
+        image = (tiny_dataset / "real" / "real_00004.jpg").read_bytes()
+        url = f"http://127.0.0.1:{state['ports']['inference']}/predictions/deepfake"
+        assert new_key != old_key  # TorchServe 0.12 cannot keep keys over a restart
+        assert requests.post(url, data=image, headers={"Authorization": f"Bearer {old_key}"}, timeout=60
+                             ).status_code == 400
+        assert requests.post(url, data=image, headers={"Authorization": f"Bearer {new_key}"}, timeout=60
+                             ).status_code == 200
+
+        second_tree = run_dir_processes(run_dir)
+        psutil.Process(new_state["frontend_pid"]).send_signal(signal.SIGKILL)
+        assert output.next().endswith("Restart 2 in 1.0 s (failure 2 of at most 5 within 300 s)")  # backs off
+        stop = serve_cli("stop", "--run-dir", str(run_dir))  # SIGTERM to the supervisor in the middle of restart 2
+        assert stop.returncode == 0 and stop.stdout.startswith(f"stopped the supervisor (pid {cli.pid}) and "), stop
+        cli.wait(timeout=120)  # not communicate(): OutputLines reads stdout
+        errors = cli.stderr.read()
+    finally:
+        end_all(cli, run_dir)
+    rest = output.rest()
+    assert cli.returncode == 0, errors
+    assert rest[0] == "SIGTERM: stopping TorchServe", rest  # before restart 2 was ready: no "restarted" line
+    assert rest[-1].startswith("stopped TorchServe (") and len(rest) == 2
+    assert errors == ""
+    assert not [p for p in second_tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert run_dir_processes(run_dir) == [] and not (run_dir / "server.json").exists()
+
+
+@e2e
+def test_crash_loop_guard_gives_up_with_a_clear_message_and_leaves_nothing(model_store, tmp_path):
+    store = tmp_path / "store"  # a store of its own: its archive disappears while the server runs
+    store.mkdir()
+    shutil.copy(model_store / "deepfake.mar", store / "deepfake.mar")
+    run_dir = tmp_path / "serve"
+    cli, output = start_supervised(run_dir, store, "--max-restarts", "2", "--restart-backoff", "0.1")
+    try:
+        assert output.next().startswith("TorchServe ready in "), output.seen
+        java = psutil.Process(json.loads((run_dir / "server.json").read_text())["frontend_pid"])
+        (store / "deepfake.mar").unlink()
+        java.send_signal(signal.SIGKILL)
+        cli.wait(timeout=120)  # not communicate(): OutputLines reads stdout
+        errors = cli.stderr.read()
+    finally:
+        end_all(cli, run_dir)
+    lines = [*output.seen, *output.rest()]
+    missing = f"{store / 'deepfake.mar'} does not exist; build it with python -m scripts.package_model"
+    assert lines[1].endswith("Restart 1 in 0.0 s (failure 1 of at most 2 within 300 s)")
+    assert lines[2].startswith(f"TorchServe restart 1 failed: {missing}") and lines[2].endswith(
+        "Restart 2 in 0.1 s (failure 2 of at most 2 within 300 s)")
+    assert lines[3].startswith(f"TorchServe restart 2 failed: {missing}")
+    assert lines[3].endswith("Giving up: 3 failures within 300 s")
+    assert cli.returncode == 1
+    assert errors == DEV_WARNING + "\n" + (f"serve: giving up after 3 failures within 300 s (more than --max-restarts "
+                                           f"2); the last: restart 2 failed: {missing} (model 'deepfake')\n")
+    assert run_dir_processes(run_dir) == [] and not (run_dir / "server.json").exists()
