@@ -5,14 +5,22 @@ shares the benchmark machine's cores with the server it measures: a request cost
 about 0.1 ms of CPU, several times less than requests or aiohttp would, and every millisecond it
 spends is taken from the server. It speaks just enough HTTP for the servers measured here
 (Content-Length, chunked, or read-to-close bodies; keep-alive or a new connection per request).
+
+The reliability checks (scripts/reliability) drive the same loop for a fixed time (`duration`), stop it
+from another thread (`stop`), and watch every answer as it arrives (`observer`, with its status,
+headers, body and timestamps): a run there is about what each request got and when, not only about
+the totals.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +44,8 @@ class LoadConfig:
         content_type: of every request body.
         timeout: seconds a single request may take before it counts as failed.
         headers: extra request headers, e.g. (("Authorization", "Bearer <key>"),).
+        duration: when set, the measured phase lasts this many seconds instead of `requests` requests: no
+            client starts a request after it, and the requests in flight then are still awaited and counted.
 
     """
 
@@ -46,10 +56,50 @@ class LoadConfig:
     content_type: str = "application/octet-stream"
     timeout: float = 60.0
     headers: tuple[tuple[str, str], ...] = ()
+    duration: float | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.requests < 1 or self.warmup < 0:
             raise ValueError("concurrency and requests must be >= 1 and warmup >= 0")
+        if self.duration is not None and not self.duration > 0:
+            raise ValueError(f"duration must be > 0 seconds, got {self.duration}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One measured request as an observer sees it, the moment its answer (or its failure) arrived.
+
+    Attributes:
+        client: index of the client that sent it (0 .. concurrency - 1).
+        started: time.monotonic() when it was sent; comparable with other threads' monotonic clocks.
+        finished: time.monotonic() when its answer arrived or it was given up on.
+        status: HTTP status, or CONNECTION_FAILED when no answer came.
+        body: the answer's body (b"" without an answer).
+        headers: the answer's headers, names in lower case ({} without an answer).
+        error: why no answer came: "timeout" or the exception's class name; None when one came.
+
+    """
+
+    client: int
+    started: float
+    finished: float
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    error: str | None = None
+
+    @property
+    def latency_ms(self) -> float:
+        """Milliseconds from sending to the answer (or to giving up)."""
+        return (self.finished - self.started) * 1000.0
+
+    @property
+    def ok(self) -> bool:
+        """A 2xx answer."""
+        return 200 <= self.status < 300
+
+
+Observer = Callable[[Outcome], None]
 
 
 @dataclass
@@ -114,18 +164,20 @@ class _Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+    async def request(self, head: bytes, body: bytes) -> tuple[int, bytes, dict[str, str]]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
-        self.writer.write(head + body)
+        self.writer.write(head)  # two writes: joining them would copy a multi-megabyte body once per request
+        self.writer.write(body)
         await self.writer.drain()
         status_line = await self.reader.readuntil(b"\r\n")
         version, status = status_line.split(b" ", 2)[:2]
-        headers = {}
+        headers, raw_headers = {}, {}
         while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip().lower()
+            raw_headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
         if b"content-length" in headers:
             payload = await self.reader.readexactly(int(headers[b"content-length"]))
         elif headers.get(b"transfer-encoding") == b"chunked":
@@ -136,7 +188,7 @@ class _Connection:
         keep_alive = version == b"HTTP/1.1" and headers.get(b"connection") != b"close"
         if not keep_alive:
             self.close()
-        return int(status), payload
+        return int(status), payload, raw_headers
 
     async def _chunked(self) -> bytes:
         assert self.reader is not None
@@ -165,26 +217,38 @@ def request_head(config: LoadConfig, length: int) -> bytes:
             f"{extra}Content-Length: {length}\r\n\r\n").encode()
 
 
-async def _run(config: LoadConfig, payloads: list[bytes], total: int, record: bool) -> LoadResult:
+def _indices(config: LoadConfig, total: int, record: bool, stop: threading.Event | None) -> Iterator[int]:
+    """The request numbers the clients share: `total` of them, or as many as `duration` allows; none after `stop`."""
+    deadline = time.monotonic() + config.duration if record and config.duration is not None else None
+    for index in itertools.count() if deadline is not None else range(total):
+        if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() >= deadline):
+            return
+        yield index
+
+
+async def _run(config: LoadConfig, payloads: list[bytes], total: int, record: bool,
+               observer: Observer | None = None, stop: threading.Event | None = None) -> LoadResult:
     parts = urlsplit(config.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     requests = [(request_head(config, len(payload)), payload) for payload in payloads]
-    next_index = iter(range(total))
+    next_index = _indices(config, total, record, stop)
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     batch_sizes: list[int] = []
 
-    async def client() -> None:
+    async def client(number: int) -> None:
         connection = _Connection(host, port)
         try:
             for index in next_index:  # a shared iterator: the clients take the requests in turn
                 head, body = requests[index % len(requests)]
-                started = time.perf_counter()
+                started, sent = time.perf_counter(), time.monotonic()
+                error = None
                 try:
-                    status, answer = await asyncio.wait_for(connection.request(head, body), config.timeout)
-                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+                    status, answer, headers = await asyncio.wait_for(connection.request(head, body), config.timeout)
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as failure:
                     connection.close()
-                    status, answer = CONNECTION_FAILED, b""
+                    status, answer, headers = CONNECTION_FAILED, b"", {}
+                    error = "timeout" if isinstance(failure, TimeoutError) else type(failure).__name__
                 elapsed_ms = (time.perf_counter() - started) * 1000.0
                 if not record:
                     continue
@@ -193,17 +257,31 @@ async def _run(config: LoadConfig, payloads: list[bytes], total: int, record: bo
                     latencies.append(elapsed_ms)
                     if match := BATCH_SIZE_FIELD.search(answer):
                         batch_sizes.append(int(match.group(1)))
+                if observer is not None:
+                    observer(Outcome(number, sent, time.monotonic(), status, answer, headers, error))
         finally:
             connection.close()
 
+    clients = config.concurrency if record and config.duration is not None else min(config.concurrency, total)
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(min(config.concurrency, total))))
+    await asyncio.gather(*(client(number) for number in range(clients)))
     wall = time.perf_counter() - started
-    return LoadResult(config.concurrency, total, wall, latencies, dict(statuses), batch_sizes)
+    return LoadResult(config.concurrency, sum(statuses.values()) if record else total, wall, latencies,
+                      dict(statuses), batch_sizes)
 
 
-def run_closed_loop(config: LoadConfig, payloads: list[bytes]) -> LoadResult:
-    """Sends config.warmup unmeasured requests, then config.requests measured ones, cycling through `payloads`.
+def run_closed_loop(config: LoadConfig, payloads: list[bytes], observer: Observer | None = None,
+                    stop: threading.Event | None = None) -> LoadResult:
+    """Sends config.warmup unmeasured requests, then the measured ones, cycling through `payloads`.
+
+    The measured phase is config.requests requests, or config.duration seconds when that is set.
+
+    Args:
+        config: the run.
+        payloads: request bodies, sent in turn.
+        observer: called in the client's thread with every measured request's Outcome as it completes
+            (keep it quick: the clients wait while it runs).
+        stop: once set (from any thread), no client starts another request; those in flight finish and count.
 
     Raises:
         ValueError: no payloads.
@@ -212,5 +290,5 @@ def run_closed_loop(config: LoadConfig, payloads: list[bytes]) -> LoadResult:
     if not payloads:
         raise ValueError("no request bodies to send")
     if config.warmup:
-        asyncio.run(_run(config, payloads, config.warmup, record=False))
-    return asyncio.run(_run(config, payloads, config.requests, record=True))
+        asyncio.run(_run(config, payloads, config.warmup, record=False, stop=stop))
+    return asyncio.run(_run(config, payloads, config.requests, record=True, observer=observer, stop=stop))

@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from benchmarks.load_client import CONNECTION_FAILED, LoadConfig, LoadResult, run_closed_loop
+from benchmarks.load_client import CONNECTION_FAILED, LoadConfig, LoadResult, Outcome, run_closed_loop
 
 BATCH_IN_BODY = re.compile(rb"batch=(\d+)")
 STATUS_IN_PATH = re.compile(r"/status/(\d{3})")
@@ -93,6 +94,8 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
     def answer(self, status: int, payload: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if status == 503:
+            self.send_header("Retry-After", "7")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
@@ -300,3 +303,76 @@ def test_a_result_without_successes_summarises_without_failing():
     summary = LoadResult(concurrency=1, requests=2, wall_seconds=0.0, latencies_ms=[], statuses={500: 2}).to_dict()
     assert summary["ok"] == 0 and summary["errors"] == 2 and summary["throughput_rps"] == 0.0
     assert summary["mean_batch_size"] is None and np.isnan(summary["latency_ms"]["p50"])
+
+
+# --- duration, stop and observer (the reliability checks' additions) ----------------------------------------------
+
+
+def test_a_duration_run_sends_until_the_time_is_up_and_counts_every_answer():
+    with serving(KeepAliveHandler) as server:
+        config = LoadConfig(f"{server.url}/predict", concurrency=3, requests=1, warmup=2, duration=0.5)
+        outcomes: list[Outcome] = []
+        started = time.monotonic()
+        result = run_closed_loop(config, [b"good batch=1", b"bad"], observer=outcomes.append)
+        elapsed = time.monotonic() - started
+    assert result.requests == len(outcomes) == len(server.requests) - config.warmup
+    assert result.requests > 10  # `requests=1` is ignored: the duration decides
+    assert 0.5 <= elapsed < 5.0
+    # No request starts after the duration (measured from the end of the warm-up, before the first measured send).
+    first = min(outcome.started for outcome in outcomes)
+    assert all(outcome.started < first + 0.5 for outcome in outcomes)
+    assert result.statuses == dict(Counter(outcome.status for outcome in outcomes))
+    assert sorted({outcome.client for outcome in outcomes}) == [0, 1, 2]
+
+
+def test_the_observer_sees_status_headers_body_and_times_of_each_measured_request():
+    with serving(KeepAliveHandler) as server:
+        outcomes: list[Outcome] = []
+        result = run_closed_loop(LoadConfig(f"{server.url}/status/503", concurrency=2, requests=4, warmup=3),
+                                 [b"good batch=2"], observer=outcomes.append)
+    assert len(outcomes) == 4 and result.statuses == {503: 4}  # warm-up answers are not observed
+    for outcome in outcomes:
+        assert outcome.status == 503 and not outcome.ok and outcome.error is None
+        assert outcome.headers["retry-after"] == "7" and outcome.headers["content-type"] == "application/json"
+        assert json.loads(outcome.body)["padding"] == PADDING
+        assert outcome.finished >= outcome.started and outcome.latency_ms == pytest.approx(
+            (outcome.finished - outcome.started) * 1000.0)
+
+
+def test_the_observer_tells_a_timeout_from_a_refused_connection():
+    outcomes: list[Outcome] = []
+    with serving(KeepAliveHandler, hold=threading.Event()) as server:
+        run_closed_loop(LoadConfig(f"{server.url}/predict", concurrency=1, requests=1, warmup=0, timeout=0.2),
+                        [b"good"], observer=outcomes.append)
+    run_closed_loop(LoadConfig(f"http://127.0.0.1:{closed_port()}/predict", concurrency=1, requests=1, warmup=0),
+                    [b"good"], observer=outcomes.append)
+    assert [(o.status, o.error, o.body, o.headers) for o in outcomes] == [
+        (CONNECTION_FAILED, "timeout", b"", {}), (CONNECTION_FAILED, "ConnectionRefusedError", b"", {})]
+    assert outcomes[0].latency_ms >= 200.0
+
+
+def test_stop_from_another_thread_ends_the_run_and_awaits_the_requests_in_flight():
+    stop = threading.Event()
+    with serving(KeepAliveHandler) as server:
+        outcomes: list[Outcome] = []
+        timer = threading.Timer(0.4, stop.set)
+        timer.start()
+        result = run_closed_loop(LoadConfig(f"{server.url}/predict", concurrency=4, requests=10**9, warmup=0),
+                                 [b"good"], observer=outcomes.append, stop=stop)
+        timer.join()
+    assert stop.is_set() and result.requests == len(outcomes) == len(server.requests) > 4
+    assert result.statuses == {200: result.requests}  # every request sent was answered and counted
+
+
+def test_bodies_larger_than_socket_buffers_arrive_whole():
+    body = bytes(range(256)) * 40_000  # 10 MB
+    with serving(KeepAliveHandler) as server:
+        result = run_closed_loop(LoadConfig(f"{server.url}/predict", concurrency=2, requests=4, warmup=0),
+                                 [body])
+    assert result.statuses == {200: 4}
+    assert all(received == body for _, _, received in server.requests)
+
+
+def test_load_config_rejects_a_duration_that_is_not_positive():
+    with pytest.raises(ValueError, match="duration must be > 0"):
+        LoadConfig("http://127.0.0.1:1/predict", duration=0)
