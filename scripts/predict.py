@@ -4,11 +4,15 @@ A REST client for /predictions/MODEL[/VERSION]: folders are searched recursively
 run on a thread pool (one HTTP session per thread), and a summary (errors by code, client latency
 percentiles, requests/s) goes to stderr. The first file is sent alone, so a server that is not there,
 an unknown model or a missing token stops the run with one clear line instead of N identical errors.
+A server that answers 503 (its request queue is full) or 507 (a worker out of resources) is asked again
+after an exponential backoff with jitter, or after the Retry-After a proxy in front of it sends, up to
+--retries times; what is still refused then is reported as "server busy", not in TorchServe's words
+(which blame missing workers for a full queue).
 
 Usage:
     python -m scripts.predict IMAGE_OR_FOLDER [...] [--url http://127.0.0.1:8080] [--model deepfake]
         [--version 1.0] [--send raw|multipart|json] [--uncalibrated] [--concurrency 4]
-        [--token KEY | --key-file RUN_DIR/key_file.json] [--format json|jsonl|csv] [--out FILE]
+        [--token KEY | --key-file RUN_DIR/key_file.json] [--format json|jsonl|csv] [--out FILE] [--retries 3]
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ import io
 import json
 import mimetypes
 import os
+import random
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,13 @@ MULTIPART_FIELD = "data"  # the field name the handler looks for first (handler/
 # TorchServe 0.12 drops the query string of /predictions/MODEL before the worker, so the option travels as a
 # header, which every send mode can carry (handler/request_options.py).
 UNCALIBRATED_HEADER = "X-Uncalibrated"
+# Answers worth asking again: 503 when TorchServe's job queue is full (or a proxy is overloaded), 507 when a worker
+# ran out of resources or died (TorchServe restarts it). Anything else would fail the same way again.
+RETRY_STATUSES = frozenset({503, 507})
+# TorchServe 0.12's words for a full job queue (it blames missing workers; the queue is what is full).
+QUEUE_FULL_MARKER = "has no worker to serve inference request"
+SERVER_BUSY = "server_busy"
+SERVER_OUT_OF_RESOURCES = "server_out_of_resources"
 
 
 class PredictError(RuntimeError):
@@ -64,6 +78,9 @@ class ClientConfig:
         concurrency: parallel requests (threads, one HTTP session each).
         timeout: seconds to wait for each answer.
         token: inference key when TorchServe's token authorization is on.
+        retries: how many times a file answered 503 or 507 is sent again.
+        retry_base_seconds: the first backoff; each further one doubles, with a random factor in [0.5, 1].
+        retry_max_seconds: cap on one wait, a server's Retry-After included.
 
     """
 
@@ -75,6 +92,9 @@ class ClientConfig:
     concurrency: int = 1
     timeout: float = 60.0
     token: str | None = None
+    retries: int = 3
+    retry_base_seconds: float = 0.5
+    retry_max_seconds: float = 30.0
 
     @property
     def endpoint(self) -> str:
@@ -221,23 +241,89 @@ def record_from_answer(path: Path, status: int, body: dict[str, Any], latency_ms
     return PredictionRecord(path=str(path), status=status, error_code=code, error_message=message, latency_ms=latency)
 
 
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """A Retry-After header in seconds: delta-seconds or an HTTP date (None when absent or unreadable).
+
+    TorchServe sends none; a proxy or load balancer in front of it may.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """The wait before retry number attempt + 1: base × 2^attempt, times a random factor in [0.5, 1], at most cap.
+
+    The jitter spreads the clients that a full queue turned away at the same moment, so they do not
+    all come back at the same moment and fill it again.
+    """
+    return min(cap, base * 2**attempt) * (rng or random).uniform(0.5, 1.0)
+
+
+def retry_delay(headers: Mapping[str, str], attempt: int, config: ClientConfig) -> float:
+    """The server's Retry-After when it sent one, else the exponential backoff; never more than retry_max_seconds."""
+    asked = retry_after_seconds(headers.get("Retry-After"))
+    if asked is not None:
+        return min(asked, config.retry_max_seconds)
+    return backoff_seconds(attempt, config.retry_base_seconds, config.retry_max_seconds)
+
+
+def refusal_record(record: PredictionRecord, retries: int) -> PredictionRecord:
+    """A 503/507 record after its retries, told in plain words instead of TorchServe's.
+
+    A 503 carrying TorchServe's queue-full message, or a 503 that is not TorchServe's JSON at all (a
+    proxy's), means the server is busy. Other 503s (the handler failed: "Prediction failed") keep their
+    message: calling them a full queue would mislead the other way.
+    """
+    tried = f"retried {retries} time{'s' if retries != 1 else ''}"
+    if record.status == 507:
+        return replace(record, error_code=SERVER_OUT_OF_RESOURCES,
+                       error_message=f"server out of resources (HTTP 507: {record.error_message}); {tried}; try "
+                                     f"again later or scale workers")
+    frontend_error = record.error_code not in (None, "non_json_response", f"http_{record.status}")
+    if QUEUE_FULL_MARKER in (record.error_message or "") or not frontend_error:
+        return replace(record, error_code=SERVER_BUSY,
+                       error_message=f"server busy: its request queue is full; {tried}; try again later or scale "
+                                     f"workers")
+    return replace(record, error_message=f"{record.error_message} (HTTP {record.status}; {tried})")
+
+
 def send_file(session: requests.Session, path: Path, config: ClientConfig) -> PredictionRecord:
-    """POSTs one file and turns whatever happens (answer, refused connection, timeout) into its record."""
+    """POSTs one file and turns whatever happens (answer, refused connection, timeout) into its record.
+
+    A 503 or 507 is sent again up to config.retries times (see retry_delay); the latency is the
+    whole time from the first send to the last answer, waits included, as the caller lived it.
+    """
     try:
         data = path.read_bytes()
     except OSError as error:
         return PredictionRecord(path=str(path), status=None, error_code="file_unreadable", error_message=str(error))
     arguments = request_arguments(path, data, config.send, config.token, config.uncalibrated)
     started = time.perf_counter()
-    try:
-        response = session.post(config.endpoint, timeout=config.timeout, **arguments)
-    except requests.Timeout as error:
-        return PredictionRecord(path=str(path), status=None, error_code="timeout", error_message=str(error),
-                                latency_ms=round((time.perf_counter() - started) * 1000.0, 3))
-    except requests.ConnectionError as error:
-        return PredictionRecord(path=str(path), status=None, error_code="connection_error", error_message=str(error))
+    for attempt in range(config.retries + 1):
+        try:
+            response = session.post(config.endpoint, timeout=config.timeout, **arguments)
+        except requests.Timeout as error:
+            return PredictionRecord(path=str(path), status=None, error_code="timeout", error_message=str(error),
+                                    latency_ms=round((time.perf_counter() - started) * 1000.0, 3))
+        except requests.ConnectionError as error:
+            return PredictionRecord(path=str(path), status=None, error_code="connection_error",
+                                    error_message=str(error))
+        if response.status_code not in RETRY_STATUSES or attempt == config.retries:
+            break
+        time.sleep(retry_delay(response.headers, attempt, config))  # the backoff itself, not a readiness wait
     latency_ms = (time.perf_counter() - started) * 1000.0
-    return record_from_answer(path, response.status_code, parse_body(response), latency_ms)
+    record = record_from_answer(path, response.status_code, parse_body(response), latency_ms)
+    return refusal_record(record, config.retries) if response.status_code in RETRY_STATUSES else record
 
 
 def predict_file(path: Path, url: str = DEFAULT_URL, model: str = DEFAULT_MODEL,
@@ -311,6 +397,8 @@ def run_predictions(paths: Sequence[Path], config: ClientConfig,
         raise PredictError("no files to send")
     if config.concurrency < 1:
         raise PredictError(f"--concurrency must be at least 1, got {config.concurrency}")
+    if config.retries < 0:
+        raise PredictError(f"--retries must be at least 0, got {config.retries}")
     sessions = _SessionPerThread()
     records: list[PredictionRecord | None] = [None] * len(paths)
     pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="predict")
@@ -383,6 +471,13 @@ def format_records(records: Sequence[PredictionRecord], output_format: str) -> s
     raise ValueError(f"unknown format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
 
 
+def refusal_lines(records: Sequence[PredictionRecord]) -> list[str]:
+    """One line per kind of refusal that outlasted the retries (server busy, out of resources), with its count."""
+    counts = Counter(record.error_message for record in records
+                     if record.error_code in (SERVER_BUSY, SERVER_OUT_OF_RESOURCES))
+    return [f"{count} file{'s' if count != 1 else ''}: {message}" for message, count in sorted(counts.items())]
+
+
 # --- command line -------------------------------------------------------------------------------------------------
 
 
@@ -403,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"the verdict stays calibrated")
     parser.add_argument("--concurrency", type=int, default=1, help="parallel requests (default 1)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer (default 60)")
+    parser.add_argument("--retries", type=int, default=ClientConfig.retries,
+                        help="send a file answered 503 (server busy) or 507 again up to this many times, after an "
+                             "exponential backoff with jitter or the server's Retry-After (default %(default)s)")
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--token", default=None,
                       help=f"inference key; without --token or --key-file, ${TOKEN_ENV} is used when set")
@@ -422,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
         paths = find_images(args.inputs)
         config = ClientConfig(url=args.url, model=args.model, version=args.version, send=args.send,
                               uncalibrated=args.uncalibrated, concurrency=args.concurrency, timeout=args.timeout,
-                              token=read_token(args.token, args.key_file))
+                              token=read_token(args.token, args.key_file), retries=args.retries)
         with tqdm(total=len(paths), unit="file", file=sys.stderr,
                   disable=args.quiet or not sys.stderr.isatty()) as progress:
             result = run_predictions(paths, config, on_done=lambda _: progress.update())
@@ -438,6 +536,8 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(text)
         except OSError as error:
             sys.exit(f"predict: cannot write {args.out}: {error}")
+    for line in refusal_lines(result.records):
+        print(f"predict: {line}", file=sys.stderr)
     print(f"predict: {summarize(result)}", file=sys.stderr)
     failed = any(not record.ok for record in result.records)
     sys.exit(1 if failed and not args.allow_errors else 0)

@@ -4,22 +4,31 @@ import csv
 import io
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
 from scripts.predict import (
+    QUEUE_FULL_MARKER,
     TOKEN_ENV,
     ClientConfig,
     PredictError,
     PredictionRecord,
     RunResult,
+    backoff_seconds,
     find_images,
     format_records,
     percentile,
@@ -27,6 +36,7 @@ from scripts.predict import (
     read_token,
     record_from_answer,
     request_arguments,
+    retry_after_seconds,
     run_predictions,
     summarize,
 )
@@ -295,3 +305,172 @@ def test_token_auth_refuses_without_a_key_and_accepts_the_inference_key(token_se
         assert completed.returncode == 0, (args, completed.stderr)
         record = json.loads(completed.stdout)
         assert record["status"] == 200 and record["label"] in ("real", "fake")
+
+
+# --- 503/507: retries with backoff against a real local HTTP server ------------------------------------------------
+
+# TorchServe 0.12's answer when the model's job queue is full (measured: scripts/reliability/queue_overflow.py).
+TORCHSERVE_QUEUE_FULL = {"code": 503, "type": "ServiceUnavailableException",
+                         "message": f'Model "deepfake" {QUEUE_FULL_MARKER}. Please use scale workers API to add '
+                                    f"workers. If this is a sequence inference, please check if it is closed, or "
+                                    f"expired; or exceeds maxSequenceJobQueueSize"}
+VERDICT = {"label": "fake", "probability_fake": 0.9, "confidence": 0.9, "borderline": False, "calibrated": True}
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    """Answers POSTs by a script of (status, JSON or text body, headers), then 200 with a verdict; notes arrivals."""
+
+    daemon_threads = True
+
+    def __init__(self, script: list[tuple[int, object, dict[str, str]]]) -> None:
+        super().__init__(("127.0.0.1", 0), ScriptedHandler)
+        self.script = list(script)
+        self.arrivals: list[float] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class ScriptedHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ScriptedServer
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.server.lock:
+            self.server.arrivals.append(time.monotonic())
+            status, body, headers = self.server.script.pop(0) if self.server.script else (200, VERDICT, {})
+        payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html" if isinstance(body, str) else "application/json")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@contextmanager
+def scripted(*script: tuple[int, object, dict[str, str]]) -> Iterator[ScriptedServer]:
+    server = ScriptedServer(list(script))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def one_image(tmp_path: Path) -> Path:
+    path = tmp_path / "face.jpg"
+    path.write_bytes(b"\xff\xd8 not decoded by this server")
+    return path
+
+
+FAST = {"retry_base_seconds": 0.05, "retry_max_seconds": 1.0}
+
+
+def test_a_full_queue_is_retried_with_growing_backoff_until_it_answers(tmp_path):
+    with scripted((503, TORCHSERVE_QUEUE_FULL, {}), (503, TORCHSERVE_QUEUE_FULL, {}), (503, TORCHSERVE_QUEUE_FULL, {}))\
+            as server:
+        result = run_predictions([one_image(tmp_path)], ClientConfig(url=server.url, retries=3, **FAST))
+    record = result.records[0]
+    assert record.ok and record.label == "fake" and record.error_code is None
+    assert len(server.arrivals) == 4
+    waits = [later - earlier for earlier, later in zip(server.arrivals, server.arrivals[1:], strict=False)]
+    # Attempt k waits base × 2^k × [0.5, 1]: at least 25, 50, 100 ms.
+    for attempt, wait in enumerate(waits):
+        assert wait >= 0.05 * 2**attempt * 0.5, waits
+    assert record.latency_ms >= sum(waits) * 1000.0  # the caller's time includes the waits
+
+
+def test_a_queue_still_full_after_the_retries_says_server_busy_not_torchserves_words(tmp_path):
+    with scripted(*[(503, TORCHSERVE_QUEUE_FULL, {})] * 5) as server:
+        result = run_predictions([one_image(tmp_path)], ClientConfig(url=server.url, retries=2, **FAST))
+    record = result.records[0]
+    assert len(server.arrivals) == 3  # the first send and 2 retries
+    assert (record.status, record.error_code) == (503, "server_busy")
+    assert record.error_message == ("server busy: its request queue is full; retried 2 times; try again later or "
+                                    "scale workers")
+    assert "scale workers API" not in record.error_message
+
+
+def test_retry_after_from_a_proxy_is_honoured_over_the_backoff(tmp_path):
+    with scripted((503, "<html>503 Service Temporarily Unavailable</html>", {"Retry-After": "1"})) as server:
+        result = run_predictions([one_image(tmp_path)], ClientConfig(url=server.url, retries=3,
+                                                                     retry_base_seconds=0.01, retry_max_seconds=5.0))
+    assert result.records[0].ok
+    assert len(server.arrivals) == 2
+    assert server.arrivals[1] - server.arrivals[0] >= 1.0  # not the 5-10 ms backoff
+
+
+def test_a_proxy_503_without_torchserve_json_is_also_server_busy(tmp_path):
+    with scripted(*[(503, "<html>upstream overloaded</html>", {"Retry-After": "0"})] * 2) as server:
+        record = run_predictions([one_image(tmp_path)], ClientConfig(url=server.url, retries=1, **FAST)).records[0]
+    assert record.error_code == "server_busy" and "retried 1 time;" in record.error_message
+
+
+def test_507_is_retried_and_reported_as_out_of_resources(tmp_path):
+    died = {"code": 507, "type": "InternalServerException", "message": "Worker died."}
+    with scripted(*[(507, died, {})] * 3) as server:
+        record = run_predictions([one_image(tmp_path)], ClientConfig(url=server.url, retries=2, **FAST)).records[0]
+    assert len(server.arrivals) == 3
+    assert (record.status, record.error_code) == (507, "server_out_of_resources")
+    assert record.error_message.startswith("server out of resources (HTTP 507: Worker died.); retried 2 times")
+
+
+def test_a_handler_failure_503_keeps_its_own_message_after_the_retries(tmp_path):
+    failed = {"code": 503, "type": "InternalServerException", "message": "Prediction failed"}
+    with scripted(*[(503, failed, {})] * 2) as server:
+        record = run_predictions([one_image(tmp_path)], ClientConfig(url=server.url, retries=1, **FAST)).records[0]
+    assert record.error_code == "InternalServerException"
+    assert record.error_message == "Prediction failed (HTTP 503; retried 1 time)"
+
+
+@pytest.mark.parametrize("status", [400, 413, 500])
+def test_other_errors_and_zero_retries_send_once(tmp_path, status):
+    with scripted((status, {"error": {"code": "x", "message": "no"}}, {})) as server:
+        record = run_predictions([one_image(tmp_path)], ClientConfig(url=server.url, retries=3, **FAST)).records[0]
+    assert len(server.arrivals) == 1 and record.status == status
+    with scripted((503, TORCHSERVE_QUEUE_FULL, {})) as server:
+        record = run_predictions([one_image(tmp_path)], ClientConfig(url=server.url, retries=0, **FAST)).records[0]
+    assert len(server.arrivals) == 1 and record.error_message.startswith("server busy") and "retried 0 times" in \
+        record.error_message
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30.0
+    assert retry_after_seconds(format_datetime(now - timedelta(seconds=30), usegmt=True), now) == 0.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None and retry_after_seconds("") is None
+
+
+def test_backoff_doubles_with_jitter_and_is_capped():
+    rng = random.Random(0)
+    for attempt in range(6):
+        values = [backoff_seconds(attempt, 0.5, 4.0, rng) for _ in range(200)]
+        ceiling = min(4.0, 0.5 * 2**attempt)
+        assert all(ceiling * 0.5 <= value <= ceiling for value in values)
+        assert max(values) - min(values) > ceiling * 0.3  # really jittered, not a constant
+
+
+def test_cli_prints_the_busy_message_and_exits_1(tmp_path):
+    with scripted(*[(503, TORCHSERVE_QUEUE_FULL, {"Retry-After": "0"})] * 2) as server:
+        completed = run_cli(str(one_image(tmp_path)), "--url", server.url, "--retries", "1")
+    assert completed.returncode == 1
+    record = json.loads(completed.stdout)
+    assert record["error_code"] == "server_busy"
+    lines = completed.stderr.strip().splitlines()
+    assert lines[-2] == ("predict: 1 file: server busy: its request queue is full; retried 1 time; try again later or "
+                         "scale workers")
+    assert lines[-1].startswith("predict: 1 files, 0 ok, 1 errors (server_busy 1)")
+    assert_one_line_error(run_cli(str(one_image(tmp_path)), "--url", server.url, "--retries", "-1"),
+                          "--retries must be at least 0")
