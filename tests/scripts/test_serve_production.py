@@ -120,7 +120,7 @@ def test_runtime_config_reads_back_locked_down(production):
     [log4j] = [word.split("=", 1)[1] for word in values["vmargs"].split() if word.startswith("-Dlog4j.")]
     assert Path(log4j).is_absolute() and Path(log4j) == REPO_ROOT / "config" / "log4j2-production.xml"
     assert Path(log4j).is_file() and Path(values["metrics_config"]).is_file()
-    assert {"-Xmx1g", "-XX:+ExitOnOutOfMemoryError"} <= set(values["vmargs"].split())
+    assert {"-Xmx2g", "-XX:MaxDirectMemorySize=2g", "-XX:+ExitOnOutOfMemoryError"} <= set(values["vmargs"].split())
 
 
 def test_sockets_bind_inference_everywhere_and_operations_to_loopback(production):
