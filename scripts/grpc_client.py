@@ -211,7 +211,8 @@ def call_error(code: grpc.StatusCode, details: str | None, api: str, address: st
                                   f"see the registered models with: list", code, first)
     status = HTTP_STATUS.get(code, 500)
     if code == grpc.StatusCode.CANCELLED and "RST_STREAM" in full:
-        first += " (TorchServe resets a request bigger than its max_request_size, 6553500 bytes by default)"
+        first += (" (TorchServe resets a request bigger than its max_request_size: 9437184 bytes in the shipped "
+                  "configs, 6553500 by TorchServe's default)")
     body = {"error": {"code": code.name.lower(), "message": first, "status": status}}
     kind = PredictionError if api == "inference" else ServerError
     return kind(f"HTTP {status} ({code.name}) from TorchServe at {address}: {first}", status, body, code, first)
