@@ -18,6 +18,7 @@ from pathlib import Path
 
 import requests
 
+from tests.local_process import LocalProcess
 from tests.prometheus_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +125,7 @@ def main_config(work_dir: Path, site: Path) -> str:
             f"http {{\n    access_log {work_dir / 'access.log'};\n{temp_paths}    include {site};\n}}\n")
 
 
-class NginxProxy:
+class NginxProxy(LocalProcess):
     """An nginx process serving the rendered site; use as a context manager or start()/stop()."""
 
     def __init__(self, config: ProxyConfig) -> None:
@@ -224,20 +225,3 @@ class NginxProxy:
         raise NginxError(f"nginx not answering HTTPS after {self.config.startup_timeout:.0f} s; "
                          f"log:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (nginx's fast shutdown) and wait; SIGKILL if it does not exit in time."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=timeout)
-
-    def __enter__(self) -> NginxProxy:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

@@ -20,6 +20,8 @@ from typing import Any
 import requests
 import yaml
 
+from tests.local_process import LocalProcess
+
 INSTALL_HINT = "sudo apt-get install prometheus"
 
 QueryResult = list[dict[str, Any]]
@@ -82,7 +84,7 @@ def value_sum(result: QueryResult) -> float:
     return sum(float(item["value"][1]) for item in result)
 
 
-class PrometheusServer:
+class PrometheusServer(LocalProcess):
     """A Prometheus process on a free loopback port; use as a context manager or start()/stop()."""
 
     def __init__(self, config: PrometheusConfig) -> None:
@@ -157,23 +159,6 @@ class PrometheusServer:
         raise PrometheusError(f"Prometheus not ready after {self.config.startup_timeout:.0f} s; "
                               f"log:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Terminates the process and waits for it (kills it if it does not exit in time)."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=timeout)
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def _api(self, path: str, params: dict[str, str] | None = None) -> Any:
         response = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
