@@ -21,6 +21,7 @@ from handler.calibration import Calibration
 from handler.forensics import model_input_from_bytes
 from handler.metadata import ModelMetadata
 from handler.torchscript import load_torchscript
+from scripts.reliability.frontend_restart import run_dir_processes
 from scripts.serve import (
     CONFIGS,
     RESTART_MARKER,
@@ -324,19 +325,6 @@ class OutputLines:
         """The lines not read yet, once the process has closed its output."""
         self.reader.join(timeout=60)
         return [self.lines.get() for _ in range(self.lines.qsize())]
-
-
-def run_dir_processes(run_dir: Path) -> list[psutil.Process]:
-    """Every live process whose TMPDIR is the run dir's: the CLI, Java, the workers, orphaned ones too."""
-    tmp_dir = str(run_dir.resolve() / "tmp")
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get("TMPDIR") == tmp_dir and process.status() != psutil.STATUS_ZOMBIE:
-                found.append(process)
-        except psutil.Error:
-            continue
-    return found
 
 
 def start_supervised(run_dir: Path, model_store: Path, *options: str) -> tuple[subprocess.Popen, OutputLines]:
