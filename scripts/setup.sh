@@ -27,40 +27,36 @@ java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 
-# Prometheus (Debian package) is what the tests scrape TorchServe's metrics with.
-if ! command -v prometheus >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing the Debian package prometheus (used by the tests)"
-    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; } \
-      >/tmp/setup-prometheus.log 2>&1 || fail "apt-get install prometheus failed; see /tmp/setup-prometheus.log"
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing the Debian package prometheus (used by the tests)"
-    { sudo -n apt-get update -q && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-      --no-install-recommends prometheus; } >/tmp/setup-prometheus.log 2>&1 ||
-      fail "apt-get install prometheus failed; see /tmp/setup-prometheus.log"
-  else
-    echo "setup: WARNING: no 'prometheus' binary; the Prometheus tests will fail. Install it:" >&2
-    echo "  Debian/Ubuntu: sudo apt-get install -y prometheus   (or put a prometheus binary on PATH)" >&2
+# Debian packages the tests run for real. Installed as root or with passwordless sudo; otherwise a warning
+# names the command, and only the tests that need the package fail.
+#   debian_packages PURPOSE LOG PACKAGE... : apt-get install PACKAGE... (quietly; output in /tmp/setup-LOG.log)
+debian_packages() {
+  local purpose=$1 log=/tmp/setup-$2.log; shift 2
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi
   fi
-fi
+  if [ "$sudo" = none ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: WARNING: missing $*, $purpose; those tests will fail. Install them:" >&2
+    echo "  Debian/Ubuntu: sudo apt-get install -y $*   (or put the programs on PATH)" >&2
+    return 0
+  fi
+  echo "setup: installing the Debian packages $* ($purpose)"
+  { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    --no-install-recommends "$@"; } >"$log" 2>&1 || fail "apt-get install $* failed; see $log"
+}
 
-# nginx (Debian package) is the TLS proxy of SECURITY.md, run by the tests in front of TorchServe; envsubst
-# (gettext-base) renders its site (config/nginx/render.sh). Debian puts nginx in /usr/sbin.
-if ! { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || ! command -v envsubst >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing the Debian packages nginx and gettext-base (the TLS proxy the tests run)"
-    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx \
-      gettext-base; } >/tmp/setup-nginx.log 2>&1 || fail "apt-get install nginx failed; see /tmp/setup-nginx.log"
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing the Debian packages nginx and gettext-base (the TLS proxy the tests run)"
-    { sudo -n apt-get update -q && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-      --no-install-recommends nginx gettext-base; } >/tmp/setup-nginx.log 2>&1 ||
-      fail "apt-get install nginx failed; see /tmp/setup-nginx.log"
-  else
-    echo "setup: WARNING: no 'nginx' or 'envsubst' binary; the TLS proxy tests will fail. Install them:" >&2
-    echo "  Debian/Ubuntu: sudo apt-get install -y nginx gettext-base   (or put nginx and envsubst on PATH)" >&2
-  fi
-fi
+# Prometheus is what the tests scrape TorchServe's metrics with (promtool, in the same package, checks the rules).
+command -v prometheus >/dev/null 2>&1 ||
+  debian_packages "the Prometheus server the tests scrape TorchServe with" prometheus prometheus
+# nginx is the TLS proxy of SECURITY.md, run by the tests in front of TorchServe; envsubst (gettext-base)
+# renders its site (config/nginx/render.sh). Debian puts nginx in /usr/sbin.
+{ { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } && command -v envsubst >/dev/null 2>&1; } ||
+  debian_packages "the TLS proxy the tests run" nginx nginx gettext-base
+# docker-compose (Compose v1, Python) validates docker/compose*.yaml offline (`docker-compose config`, no engine
+# needed) in tests/docker. Deploy with Docker's own Compose v2 (`docker compose`); v1 is only the schema check.
+command -v docker-compose >/dev/null 2>&1 ||
+  debian_packages "the offline check of docker/compose.yaml" docker-compose docker-compose
 
 wanted=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$wanted" ]; then
