@@ -42,13 +42,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 import requests
@@ -187,6 +188,9 @@ class ServeConfig:
         ready_poll_seconds: how often readiness is checked while waiting; it bounds how precisely
             ready_seconds measures the start-up (benchmarks/serving.py polls faster).
         restart: what serve_in_foreground does when the frontend dies (a background start has no supervisor).
+        echo_output: also copy TorchServe's console output to this process's stdout, line by line. Containers need
+            it: `docker logs` and `kubectl logs` read PID 1's stdout, not run_dir/torchserve.out. Only for a
+            foreground server (this process must outlive TorchServe to keep draining the pipe).
 
     """
 
@@ -198,6 +202,7 @@ class ServeConfig:
     startup_timeout: float = 120.0
     ready_poll_seconds: float = 0.2
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    echo_output: bool = False
 
     @property
     def inference_url(self) -> str:
@@ -351,12 +356,17 @@ def security_warnings(values: dict[str, str]) -> list[str]:
     """What a person starting this config must know about who can call it (empty for the production config)."""
     if values.get("disable_token_authorization", "false").lower() != "true":
         return []
-    warnings = ["token authorization is DISABLED: anyone who can reach these ports can call every API"
-                + (", including model registration (enable_model_api=true)"
-                   if values.get("enable_model_api", "false").lower() == "true" else "")
-                + ". Development only: use --config production to deploy."]
-    exposed = [key for key in HTTP_LISTENERS if _host(values[key]) not in LOOPBACK_HOSTS]
+    model_api = values.get("enable_model_api", "false").lower() == "true"
+    # Metrics never asks for a token (with auth on neither), so only the other listeners count as exposed.
+    exposed = [key for key in HTTP_LISTENERS if key != "metrics_address" and _host(values[key]) not in LOOPBACK_HOSTS]
     exposed += [key for key in GRPC_LISTENERS if values.get(key, "127.0.0.1") not in LOOPBACK_HOSTS]
+    if not exposed and not model_api:  # config/kubernetes.properties: a token-checking proxy in the pod guards it
+        return ["token authorization is disabled and every API listens on loopback only: anything on this host "
+                "(in this pod) can call it without a token, so a token-checking proxy in front must be the only way "
+                "in (config/nginx/sidecar.conf.template, as docker/kubernetes runs it)."]
+    warnings = ["token authorization is DISABLED: anyone who can reach these ports can call every API"
+                + (", including model registration (enable_model_api=true)" if model_api else "")
+                + ". Development only: use --config production to deploy."]
     if exposed:
         warnings.append(f"and {', '.join(exposed)} listen beyond this machine: other hosts can call them "
                         f"without a token")
@@ -457,6 +467,22 @@ def _fatal_output_line(run_dir: Path, lines: int = 80) -> str | None:
     tail = _log_tail(run_dir, lines).split(RESTART_MARKER)[-1]
     found = [line.strip() for line in tail.splitlines() if _FATAL_OUTPUT.search(line)]
     return found[-1][:300] if found else None
+
+
+def _tee_lines(source: IO[bytes], out_file: Path) -> None:
+    """Copies TorchServe's output to out_file (read by _fatal_output_line) and to stdout until the pipe closes.
+
+    The file is appended to, so a restart keeps the previous frontend's last words, as without echo.
+    """
+    with source, out_file.open("ab") as output:
+        for line in source:
+            output.write(line)
+            output.flush()
+            try:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+            except (OSError, ValueError):  # stdout closed: keep draining so TorchServe never blocks on a full pipe
+                pass
 
 
 def _alive(process: psutil.Process | None) -> bool:
@@ -573,8 +599,12 @@ class TorchServe:
             "--models", *(f"{name}={archive}" for name, archive in config.models.items()),
         ]
         with (run_dir / "torchserve.out").open("ab" if append_output else "wb") as output:
-            process = subprocess.Popen(command, cwd=run_dir, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(command, cwd=run_dir, env=env,
+                                       stdout=subprocess.PIPE if config.echo_output else output,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        if config.echo_output:
+            threading.Thread(target=_tee_lines, args=(process.stdout, run_dir / "torchserve.out"),
+                             name="torchserve-output", daemon=True).start()
         self.pid, self._process, self.started_at = process.pid, process, time.time()
         self.frontend_pid = self._frontend = None
         try:
@@ -1108,6 +1138,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="stay attached and supervise: restart a dead frontend (see --restart); Ctrl-C or "
                              "SIGTERM stops the server")
     parser.add_argument("--free-ports", action="store_true", help="listen on free ports instead of 8080-8082/7070-7071")
+    parser.add_argument("--log-stdout", action="store_true",
+                        help="with --foreground: also print TorchServe's console output (WARN and above in "
+                             "production) on stdout, for docker/kubectl logs; run_dir/torchserve.out keeps it too")
     restart = parser.add_argument_group("supervision (--foreground)")
     restart.add_argument("--restart", choices=RESTART_MODES,
                          help="on-failure (default): restart the frontend when it dies, on the same ports; never: "
@@ -1131,8 +1164,10 @@ def main(argv: list[str] | None = None) -> None:
         if not properties.is_file():
             sys.exit(f"serve: {properties} does not exist")
         ports = Ports.free() if args.free_ports else Ports()
+        if args.log_stdout and not args.foreground:
+            parser.error("--log-stdout needs --foreground (this process copies the output while TorchServe runs)")
         server = TorchServe(ServeConfig(run_dir=args.run_dir, model_store=args.model_store, properties=properties,
-                                        ports=ports, restart=policy))
+                                        ports=ports, restart=policy, echo_output=args.log_stdout))
         if server.is_running():
             sys.exit(f"TorchServe from {args.run_dir} is already running (pid {server.pid_of_running()}); "
                      f"stop it first: python -m scripts.serve stop")

@@ -33,6 +33,7 @@ from scripts.serve import (
     Supervisor,
     TorchServe,
     _fatal_output_line,
+    _tee_lines,
     absolute_log4j_vmargs,
     check_runtime_properties,
     literal_regex,
@@ -295,6 +296,15 @@ def test_dev_config_warns_and_louder_when_exposed():
     assert exposed[1] == ("and management_address, grpc_inference_address listen beyond this machine: other hosts "
                           "can call them without a token")
     assert security_warnings({**dev, "disable_token_authorization": "false"}) == []
+    assert security_warnings({**dev, "metrics_address": "http://0.0.0.0:3"}) == [warning]  # metrics has no token
+
+
+def test_a_loopback_only_config_without_model_api_behind_a_proxy_gets_a_note_not_the_development_warning():
+    pod = read_properties(REPO_ROOT / "config" / "kubernetes.properties")  # metrics on 0.0.0.0 for Prometheus
+    [note] = security_warnings(pod)
+    assert "loopback only" in note and "sidecar.conf.template" in note and "Development only" not in note
+    [warning, exposed] = security_warnings({**pod, "inference_address": "http://0.0.0.0:8080"})
+    assert "Development only" in warning and exposed.startswith("and inference_address listen beyond")
 
 
 # --- supervision: a foreground server whose Java frontend dies is restarted --------------------------------------
@@ -373,6 +383,26 @@ def test_restart_options_need_the_foreground():
     refused = serve_cli("start", "--restart", "never")
     assert refused.returncode == 2 and "--max-restarts, --restart-window and --restart-backoff need --foreground" in (
         refused.stderr)
+
+
+def test_log_stdout_needs_the_foreground():
+    refused = serve_cli("start", "--log-stdout")
+    assert refused.returncode == 2 and "--log-stdout needs --foreground" in refused.stderr
+
+
+def test_echoed_output_reaches_stdout_and_the_out_file_whole_and_in_order(tmp_path, capfd):
+    out_file = tmp_path / "torchserve.out"
+    out_file.write_bytes(b"previous run\n")
+    lines = [f"line {index} \u00e9\n".encode() for index in range(2000)]  # more than one pipe buffer (64 KiB)
+    read_end, write_end = os.pipe()
+    copier = threading.Thread(target=_tee_lines, args=(os.fdopen(read_end, "rb"), out_file))
+    copier.start()
+    with os.fdopen(write_end, "wb") as writer:
+        writer.writelines(lines)
+    copier.join(timeout=30)
+    assert not copier.is_alive()  # ends at end of file, as when TorchServe exits
+    assert capfd.readouterr().out.encode() == b"".join(lines)
+    assert out_file.read_bytes() == b"previous run\n" + b"".join(lines)  # appended: a restart keeps the old output
 
 
 def test_the_reason_names_what_the_jvm_printed_since_the_last_start(tmp_path):
