@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -18,11 +19,62 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def _cgroup_paths(proc_cgroup: Path) -> dict[str, str]:
+    """Maps each cgroup controller ("" for the unified v2 hierarchy) to this process's path in it."""
+    paths: dict[str, str] = {}
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return paths
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") or [""]:
+            paths[controller] = path.lstrip("/")
+    return paths
+
+
+def _read(file: Path) -> str | None:
+    try:
+        return file.read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_quota_cores(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) -> float | None:
+    """The CPU time this process's cgroup may use, in cores (Kubernetes' limits.cpu, docker --cpus), or None.
+
+    A CPU limit is a quota, not an affinity: a pod limited to 4 CPUs on a 64-core node still sees 64 cores in its
+    affinity, and sizing thread pools to them makes the kernel throttle the worker most of each period. cgroup v2
+    (cpu.max: "QUOTA PERIOD" or "max ...") is read first, then v1 (cpu.cfs_quota_us, -1 = none), each in this
+    process's own cgroup and, where the container's cgroup namespace hides that path, at the root.
+    """
+    paths = _cgroup_paths(proc_cgroup)
+    for folder in dict.fromkeys([cgroup_root / paths.get("", ""), cgroup_root]):
+        fields = (_read(folder / "cpu.max") or "").split()
+        if len(fields) == 2:
+            return None if fields[0] == "max" else int(fields[0]) / int(fields[1])
+    for folder in dict.fromkeys([cgroup_root / "cpu" / paths.get("cpu", ""), cgroup_root / "cpu"]):
+        quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+        if quota is not None and period is not None:
+            return None if int(quota) <= 0 else int(quota) / int(period)
+    return None
+
+
 def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which containers and taskset narrow), at least 1."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """Cores this process may keep busy, at least 1.
+
+    Its CPU affinity (which taskset and cpusets narrow), capped by its cgroup's CPU quota (which container limits
+    set), rounded down.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cpu_quota_cores()
+    if quota is not None:
+        cores = min(cores, int(quota))
+    return max(1, cores)
 
 
 def most_concurrent_workers(model_yaml_config: Mapping[str, Any] | None, cores: int) -> int:
