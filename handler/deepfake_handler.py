@@ -53,7 +53,7 @@ from handler.verdict import (
     uncalibrated_scores,
     verdict,
 )
-from handler.worker_metrics import WorkerMetrics
+from handler.worker_metrics import HEARTBEAT_SECONDS, Heartbeat, WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class DeepfakeHandler(BaseHandler):
         self.limits = InputLimits()
         self.model_info: dict[str, Any] = {}
         self.metrics = WorkerMetrics(None, "")
+        self.heartbeat: Heartbeat | None = None
         self.face_config: FaceConfig | None = None
         self.serving = ServingOptions()
 
@@ -175,6 +176,11 @@ class DeepfakeHandler(BaseHandler):
             "device": str(self.device),
         }
         self.metrics = WorkerMetrics(context.metrics, context.model_name)
+        # Beats only once the model is loaded: a worker stuck in start-up counts as no live worker. TorchServe 0.12
+        # has no unload hook; the daemon thread ends with the worker process.
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        self.heartbeat = Heartbeat(self.metrics, HEARTBEAT_SECONDS).start()
         self.initialized = True
         logger.info("deepfake handler ready: %s, %d torch threads", self.model_info, torch.get_num_threads())
 

@@ -13,6 +13,8 @@ client its answer.
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +49,15 @@ SCORED_FACES = MetricSpec("DeepfakeScoredFaces", MetricTypes.COUNTER, "Count", (
 # observed only for batches with a forward pass.
 PREPROCESS_SECONDS = MetricSpec("DeepfakePreprocessSeconds", MetricTypes.HISTOGRAM, "s", (MODEL_NAME,))
 INFERENCE_SECONDS = MetricSpec("DeepfakeInferenceSeconds", MetricTypes.HISTOGRAM, "s", (MODEL_NAME,))
+# Seconds of worker life: each worker adds its heartbeat interval every interval, so the sum of rate() over a model's
+# series is its live workers (TorchServe 0.12 exports no worker count). A dead worker, or one still loading its
+# model, adds nothing.
+WORKER_UPTIME_SECONDS = MetricSpec("DeepfakeWorkerUptimeSeconds", MetricTypes.COUNTER, "s", (MODEL_NAME,))
 ALL_METRICS = (PREDICTIONS, ITEM_ERRORS, BATCHES, BATCH_ITEMS, SCORED_IMAGES, SCORED_FACES, PREPROCESS_SECONDS,
-               INFERENCE_SECONDS)
+               INFERENCE_SECONDS, WORKER_UPTIME_SECONDS)
+# 10 s: rate() over 1 minute (4 scrapes at Prometheus' usual 15 s) already spans several heartbeats, and a worker
+# logs one line per interval, nothing next to the per-batch lines.
+HEARTBEAT_SECONDS = 10.0
 
 
 class WorkerMetrics:
@@ -96,6 +105,10 @@ class WorkerMetrics:
         for code, count in sorted(errors.items()):
             self._emit(ITEM_ERRORS, count, (code,))
 
+    def alive(self, seconds: float) -> None:
+        """The worker lived another `seconds` (a heartbeat)."""
+        self._emit(WORKER_UPTIME_SECONDS, seconds, ())
+
     def _emit(self, spec: MetricSpec, value: float, dimension_values: tuple[str, ...],
               request_id: str | None = None) -> None:
         if self.cache is None:
@@ -108,3 +121,55 @@ class WorkerMetrics:
                 self._reported.add(spec.name)
                 logger.warning("metric %s could not be emitted (is it declared in metrics.yaml?)", spec.name,
                                exc_info=True)
+
+
+class Heartbeat:
+    """A daemon thread that reports the worker alive (WorkerMetrics.alive) once per interval, from start() on.
+
+    The frontend turns the worker's `[METRICS]` lines into Prometheus series whether or not a request is in flight,
+    so an idle worker is still counted. The first beat comes one interval after start(): a worker that dies sooner
+    (a crash loop) never counts as live. The thread holds its WorkerMetrics weakly and ends when nobody else holds
+    it, so handlers built and dropped in one process (tests) leave no beating thread behind.
+
+    Args:
+        metrics: where the beats go.
+        interval: seconds between beats, also the value each beat adds.
+
+    """
+
+    def __init__(self, metrics: WorkerMetrics, interval: float = HEARTBEAT_SECONDS) -> None:
+        if not interval > 0:
+            raise ValueError(f"heartbeat interval must be > 0 seconds, got {interval!r}")
+        self.interval = interval
+        self._metrics = weakref.ref(metrics)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="deepfake-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        """Starts beating; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stops beating (no further beat is emitted once this returns, unless the join times out)."""
+        self._stopped.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def beating(self) -> bool:
+        """Whether the thread still runs."""
+        return self._thread.is_alive()
+
+    @property
+    def metrics(self) -> WorkerMetrics | None:
+        """Where the beats go (None once nothing else holds it)."""
+        return self._metrics()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            metrics = self._metrics()
+            if metrics is None:
+                return
+            metrics.alive(self.interval)
+            del metrics  # hold it only while beating, so it can be collected between beats

@@ -1,7 +1,10 @@
+import gc
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import ts
 import yaml
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -10,15 +13,18 @@ from handler.worker_metrics import (
     ALL_METRICS,
     BATCH_ITEMS,
     BATCHES,
+    HEARTBEAT_SECONDS,
     INFERENCE_SECONDS,
     ITEM_ERRORS,
     PREDICTIONS,
     PREPROCESS_SECONDS,
     SCORED_FACES,
     SCORED_IMAGES,
+    WORKER_UPTIME_SECONDS,
+    Heartbeat,
     WorkerMetrics,
 )
-from tests.handler.metric_log import metric_lines
+from tests.handler.metric_log import MetricLine, metric_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METRICS_YAML = REPO_ROOT / "config" / "metrics.yaml"
@@ -36,13 +42,16 @@ def test_exact_names_types_units_and_dimensions_are_declared():
     declared = yaml.safe_load(METRICS_YAML.read_text())["model_metrics"]
     assert {spec.name for spec in ALL_METRICS} == {
         "DeepfakePredictions", "DeepfakeItemErrors", "DeepfakeBatches", "DeepfakeBatchItems",
-        "DeepfakePreprocessSeconds", "DeepfakeInferenceSeconds", "DeepfakeScoredImages", "DeepfakeScoredFaces"}
+        "DeepfakePreprocessSeconds", "DeepfakeInferenceSeconds", "DeepfakeScoredImages", "DeepfakeScoredFaces",
+        "DeepfakeWorkerUptimeSeconds"}
     for spec in ALL_METRICS:
         entry = next(item for item in declared[spec.kind.value] if item["name"] == spec.name)
         assert (entry["unit"], tuple(entry["dimensions"])) == (spec.unit, spec.dimensions), spec.name
     assert PREDICTIONS.dimensions == ("ModelName", "Label") and ITEM_ERRORS.dimensions == ("ModelName", "ErrorCode")
     assert PREPROCESS_SECONDS.kind.value == INFERENCE_SECONDS.kind.value == "histogram"
     assert SCORED_IMAGES.dimensions == ("ModelName", "Scored") and SCORED_FACES.kind.value == "counter"
+    # A counter (rate() of it is the live workers), per model only: the workers of a model add into one series.
+    assert (WORKER_UPTIME_SECONDS.kind.value, WORKER_UPTIME_SECONDS.dimensions) == ("counter", ("ModelName",))
 
 
 def test_torchserve_defaults_are_kept_beside_ours():
@@ -124,3 +133,72 @@ def test_undeclared_face_metrics_never_raise(caplog):
     warnings = sorted(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert warnings == sorted(f"metric {spec.name} could not be emitted (is it declared in metrics.yaml?)"
                               for spec in (SCORED_IMAGES, SCORED_FACES))
+
+
+def heartbeat_lines(caplog: pytest.LogCaptureFixture) -> list[MetricLine]:
+    return [line for line in metric_lines(caplog) if line.name == WORKER_UPTIME_SECONDS.name]
+
+
+def wait_for_beats(caplog: pytest.LogCaptureFixture, count: int, timeout: float = 10.0) -> list[MetricLine]:
+    deadline = time.monotonic() + timeout
+    while len(lines := heartbeat_lines(caplog)) < count:
+        assert time.monotonic() < deadline, f"{len(lines)} of {count} heartbeats in {timeout:.0f} s"
+        time.sleep(0.01)  # polling interval
+    return lines
+
+
+def test_heartbeat_adds_its_interval_every_interval_from_a_thread_of_its_own(caplog):
+    caplog.set_level(logging.INFO)
+    metrics = WorkerMetrics(real_cache(), "deepfake")
+    heartbeat = Heartbeat(metrics, interval=0.05).start()
+    started = time.monotonic()
+    try:
+        assert heartbeat_lines(caplog) == []  # the first beat comes one interval after start, not at once
+        lines = wait_for_beats(caplog, 3)
+        assert time.monotonic() - started >= 3 * 0.05
+    finally:
+        heartbeat.stop()
+    assert [(line.type, line.value, line.dimensions, line.request_id) for line in lines[:3]] == [
+        ("COUNTER", 0.05, {"ModelName": "deepfake"}, None)] * 3  # no request: the beat belongs to none
+    assert not heartbeat.beating
+    stopped_at = len(heartbeat_lines(caplog))
+    time.sleep(0.2)  # four intervals of silence expected: nothing to poll for, an absence is being checked
+    assert len(heartbeat_lines(caplog)) == stopped_at
+
+
+def test_heartbeat_ends_with_the_metrics_it_reports_to(caplog):
+    # Handlers built and dropped in one process (tests) must not leave threads beating for them.
+    caplog.set_level(logging.INFO)
+    metrics = WorkerMetrics(real_cache(), "deepfake")
+    heartbeat = Heartbeat(metrics, interval=0.02).start()
+    wait_for_beats(caplog, 1)
+    del metrics
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while heartbeat.beating:
+        assert time.monotonic() < deadline, "the heartbeat outlived its metrics"
+        time.sleep(0.01)  # polling interval
+
+
+def test_heartbeat_without_a_metrics_cache_emits_nothing(caplog):
+    caplog.set_level(logging.INFO)
+    metrics = WorkerMetrics(None, "deepfake")
+    heartbeat = Heartbeat(metrics, interval=0.01).start()
+    deadline = time.monotonic() + 0.1
+    while time.monotonic() < deadline:  # ten intervals
+        time.sleep(0.01)
+    heartbeat.stop()
+    assert heartbeat_lines(caplog) == [] and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("interval", [0, -1.0])
+def test_heartbeat_interval_must_be_positive(interval):
+    with pytest.raises(ValueError, match="heartbeat interval must be > 0 seconds"):
+        Heartbeat(WorkerMetrics(None, "deepfake"), interval)
+
+
+def test_a_handler_beats_once_its_model_is_loaded(handler_and_context):
+    handler, _ = handler_and_context(1)
+    assert handler.heartbeat is not None and handler.heartbeat.beating
+    assert handler.heartbeat.interval == HEARTBEAT_SECONDS == 10.0
+    assert handler.heartbeat.metrics is handler.metrics  # beats into the worker's metrics cache
