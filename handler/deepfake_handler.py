@@ -32,6 +32,7 @@ from handler.forensics import ImageDecodeError, decode_rgb
 from handler.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
 from handler.request_body import ImageBytes, image_bytes_from_row, refuse_oversized
 from handler.request_options import RequestOptions, request_options
+from handler.response_status import OK, report_statuses
 from handler.scoring import (
     REGION_WHOLE_IMAGE,
     ScoredRegions,
@@ -44,7 +45,6 @@ from handler.scoring import (
 from handler.settings import HandlerSettings
 from handler.torchscript import ServingOptions, load_torchscript
 from handler.verdict import (
-    STATUS_PHRASES,
     InputLimits,
     ItemScores,
     VerdictPolicy,
@@ -317,20 +317,23 @@ class DeepfakeHandler(BaseHandler):
         timing: dict[str, float],
         options: list[RequestOptions],
     ) -> list[dict[str, Any]]:
-        """One JSON object per request, in request order; sets each failed request's HTTP status."""
+        """One JSON object per item, in order; sets the HTTP status of each request (handler.response_status)."""
         responses: list[dict[str, Any]] = []
+        statuses: list[int] = []
         for index in range(len(options)):
             if index in errors:
                 status, item = error_item(errors[index], self.limits)
-                self.context.set_response_status(status, STATUS_PHRASES[status], index)
             else:
+                status = OK
                 item = self.scored_item(regions[index], scores[index], options[index].uncalibrated)
                 item["model"] = self.model_info
                 item["timing_ms"] = timing
+            statuses.append(status)
             request_id = self.context.get_request_id(index)
             if request_id is not None:
                 item["request_id"] = request_id
             responses.append(item)
+        report_statuses(self.context, statuses)
         return responses
 
     def describe_handle(self) -> dict[str, Any]:
@@ -374,6 +377,8 @@ class DeepfakeHandler(BaseHandler):
         A describe request (the management API's `customized=true`) gets describe_handle's answer instead.
         """
         self.context = context
+        if data is None:  # the kserve envelope (config/kserve.properties) found no "instances" in the document
+            raise PredictionException('a KServe v1 request needs {"instances": [{"data": "<base64 image>"}, ...]}', 400)
         if self._is_describe():
             return [self.describe_handle()]
         started = time.perf_counter()

@@ -14,6 +14,10 @@ Fields without a file name still carry bytes intact (`curl -F "data=<face.jpg"`,
 they stay candidates, after the file parts. A body declared as JSON that does not parse reaches the handler
 as bytes, and a multipart body whose boundary is wrong as an empty row: with the headers, those get errors
 that say so instead of "not an image".
+
+Behind a request envelope (config/kserve.properties: service_envelope=kserve) a row is one instance of the JSON
+document, {"data": "<base64>"} or {"image": {"b64": "<base64>"}}, whose keys TorchServe's headers do not describe:
+a string under an image key is then base64 (docker/kserve/README.md).
 """
 
 from __future__ import annotations
@@ -173,6 +177,10 @@ def image_bytes_from_row(row: Mapping[str, Any], headers: Mapping[str, Any] | No
             value = _parse_declared_json(name, bytes(value))  # image bytes labelled as JSON are still served
         if isinstance(value, Mapping):
             return _from_json(value)
+        if isinstance(value, str) and kind is None and name in PREFERRED_FIELDS and name != BODY:
+            # A string under an image key that TorchServe did not type is a value of a JSON document a request
+            # envelope unpacked: KServe v1 {"instances": [{"data": "<base64>"}]} or v2 BYTES. Base64, as in a body.
+            return _non_empty(name, _decode_base64(name, value), from_json=True)
         if kind is None and name not in (BODY, "data"):
             continue
         if isinstance(value, str) and not _is_json(kind):
