@@ -225,3 +225,159 @@ class NginxProxy(LocalProcess):
         raise NginxError(f"nginx not answering HTTPS after {self.config.startup_timeout:.0f} s; "
                          f"log:\n{self.log_tail()}")
 
+
+
+# --- the Kubernetes sidecar (config/nginx/sidecar.conf.template) -------------------------------------------------
+
+SIDECAR_TEMPLATE = NGINX_DIR / "sidecar.conf.template"
+# The only names the template's envsubst replaces, as in the pod (NGINX_ENVSUBST_FILTER in deployment.yaml).
+SIDECAR_VARIABLES = ("SIDECAR_HTTP_LISTEN", "SIDECAR_GRPC_LISTEN", "SIDECAR_UPSTREAM_HTTP", "SIDECAR_UPSTREAM_GRPC",
+                     "API_TOKEN", "API_TOKEN_PREVIOUS")
+
+
+def nginx_binary(binary: str = "nginx") -> str:
+    """The nginx executable: `binary` as a path, or found on PATH or in /usr/sbin.
+
+    Raises:
+        NginxError: it is not installed.
+
+    """
+    if "/" in binary:
+        found = binary if Path(binary).is_file() else None
+    else:
+        found = shutil.which(binary) or (str(FALLBACK_BINARY) if FALLBACK_BINARY.is_file() else None)
+    if found is None:
+        raise NginxError(f"nginx binary '{binary}' not found; install it with `{INSTALL_HINT}` "
+                         f"(Debian package `nginx`, /usr/sbin/nginx)")
+    return found
+
+
+def render_sidecar(values: dict[str, str], template: Path = SIDECAR_TEMPLATE) -> str:
+    """The sidecar site as envsubst renders it with `values`, replacing only SIDECAR_VARIABLES (as the pod does).
+
+    Raises:
+        NginxError: envsubst is missing or failed, or a variable has no value (the pod would render it as text).
+
+    """
+    missing = [name for name in SIDECAR_VARIABLES if name not in values]
+    if missing:
+        raise NginxError(f"no value for {', '.join(missing)}")
+    envsubst = shutil.which("envsubst")
+    if envsubst is None:
+        raise NginxError("envsubst not found; install it with `sudo apt-get install gettext-base`")
+    shell_format = " ".join(f"${{{name}}}" for name in SIDECAR_VARIABLES)
+    completed = subprocess.run([envsubst, shell_format], input=template.read_text(), env={**os.environ, **values},
+                               capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise NginxError(f"envsubst failed ({completed.returncode}): {completed.stderr.strip()}")
+    return completed.stdout
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """One throwaway sidecar nginx in front of one TorchServe (its inference REST and gRPC listeners).
+
+    Attributes:
+        work_dir: holds the rendered site, the main config, pid file, logs and temporary files.
+        upstream_http: TorchServe's inference listener as host:port.
+        upstream_grpc: TorchServe's gRPC inference listener as host:port.
+        token: the accepted token (API_TOKEN; the Secret's `token`).
+        previous_token: also accepted while a rotation is under way (API_TOKEN_PREVIOUS; "" = none).
+        binary: executable name on PATH, or a path.
+        startup_timeout: seconds to wait until the HTTP port answers.
+
+    """
+
+    work_dir: Path
+    upstream_http: str
+    upstream_grpc: str
+    token: str
+    previous_token: str = ""
+    binary: str = "nginx"
+    startup_timeout: float = 15.0
+
+
+class SidecarProxy(LocalProcess):
+    """The sidecar nginx on two free loopback ports (HTTP and h2c gRPC); use as a context manager or start()/stop()."""
+
+    def __init__(self, config: SidecarConfig) -> None:
+        self.config = config
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the plain-HTTP listener."""
+        if self.http_port is None:
+            raise NginxError("nginx is not started")
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def site_file(self) -> Path:
+        """The rendered config/nginx/sidecar.conf.template."""
+        return self.config.work_dir / "sidecar.conf"
+
+    @property
+    def log_file(self) -> Path:
+        """nginx's error log."""
+        return self.config.work_dir / "error.log"
+
+    def values(self) -> dict[str, str]:
+        """The template's variables for this instance."""
+        config = self.config
+        return {"SIDECAR_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+                "SIDECAR_GRPC_LISTEN": f"127.0.0.1:{self.grpc_port}",
+                "SIDECAR_UPSTREAM_HTTP": config.upstream_http, "SIDECAR_UPSTREAM_GRPC": config.upstream_grpc,
+                "API_TOKEN": config.token, "API_TOKEN_PREVIOUS": config.previous_token}
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the error log and of nginx's own output, for error messages."""
+        texts = [path.read_text(errors="replace") for path in (self.log_file, self.config.work_dir / "nginx.out")
+                 if path.exists()]
+        return "\n".join("\n".join(texts).splitlines()[-lines:]) or "(no log)"
+
+    def start(self) -> SidecarProxy:
+        """Renders the site, checks it with `nginx -t`, starts nginx and waits until the HTTP port answers.
+
+        Raises:
+            NginxError: nginx or envsubst is missing, the config does not pass `nginx -t`, or nginx did not start.
+
+        """
+        binary = nginx_binary(self.config.binary)
+        work_dir = self.config.work_dir.resolve()
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.http_port, self.grpc_port = free_port(), free_port()
+        while self.grpc_port == self.http_port:
+            self.grpc_port = free_port()
+        self.site_file.write_text(render_sidecar(self.values()))
+        main = work_dir / "nginx.conf"
+        main.write_text(main_config(work_dir, self.site_file))
+        command = [binary, "-p", f"{work_dir}/", "-c", str(main), "-e", str(self.log_file)]
+        checked = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
+        if checked.returncode != 0:
+            raise NginxError(f"nginx -t refused the rendered config {self.site_file}:\n{checked.stderr}")
+        with (work_dir / "nginx.out").open("wb") as output:
+            self.process = subprocess.Popen(command, cwd=work_dir, stdout=output, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.config.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise NginxError(f"nginx exited (code {self.process.returncode}) before it was ready; "
+                                 f"log:\n{self.log_tail()}")
+            try:
+                requests.get(f"{self.url}/", timeout=1)  # any HTTP answer (the JSON 404)
+                return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)  # polling interval of the readiness check
+        raise NginxError(f"nginx not answering HTTP after {self.config.startup_timeout:.0f} s; log:\n{self.log_tail()}")
