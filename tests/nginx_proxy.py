@@ -125,30 +125,42 @@ def main_config(work_dir: Path, site: Path) -> str:
             f"http {{\n    access_log {work_dir / 'access.log'};\n{temp_paths}    include {site};\n}}\n")
 
 
-class NginxProxy(LocalProcess):
-    """An nginx process serving the rendered site; use as a context manager or start()/stop()."""
+def nginx_binary(binary: str = "nginx") -> str:
+    """The nginx executable: `binary` as a path, or found on PATH or in /usr/sbin.
 
-    def __init__(self, config: ProxyConfig) -> None:
+    Raises:
+        NginxError: it is not installed.
+
+    """
+    if "/" in binary:
+        found = binary if Path(binary).is_file() else None
+    else:
+        found = shutil.which(binary) or (str(FALLBACK_BINARY) if FALLBACK_BINARY.is_file() else None)
+    if found is None:
+        raise NginxError(f"nginx binary '{binary}' not found; install it with `{INSTALL_HINT}` "
+                         f"(Debian package `nginx`, /usr/sbin/nginx)")
+    return found
+
+
+
+class NginxSite(LocalProcess):
+    """An nginx process serving one rendered site from a work dir; use as a context manager or start()/stop().
+
+    Subclasses say which site (site_name, render), on which free ports (take_ports), and what a ready answer is
+    (probe); rendering, `nginx -t`, start-up, readiness and logs are the same for every site.
+    """
+
+    site_name = "site.conf"
+    scheme = "HTTP"  # for messages: what the readiness probe speaks
+
+    def __init__(self, config: ProxyConfig | SidecarConfig) -> None:
         self.config = config
-        self.port: int | None = None
         self.process: subprocess.Popen | None = None
 
     @property
-    def url(self) -> str:
-        """Base URL of the TLS site."""
-        if self.port is None:
-            raise NginxError("nginx is not started")
-        return f"https://127.0.0.1:{self.port}"
-
-    @property
-    def ca_file(self) -> str:
-        """What clients verify the server certificate against (`verify=` for requests)."""
-        return str(self.config.certificate.cert)
-
-    @property
     def site_file(self) -> Path:
-        """The rendered config/nginx/deepfake.conf."""
-        return self.config.work_dir / "deepfake.conf"
+        """The rendered site."""
+        return self.config.work_dir / self.site_name
 
     @property
     def log_file(self) -> Path:
@@ -161,37 +173,31 @@ class NginxProxy(LocalProcess):
                  if path.exists()]
         return "\n".join("\n".join(texts).splitlines()[-lines:]) or "(no log)"
 
-    def _binary(self) -> str:
-        binary = self.config.binary
-        if "/" in binary:
-            found = binary if Path(binary).is_file() else None
-        else:
-            found = shutil.which(binary) or (str(FALLBACK_BINARY) if FALLBACK_BINARY.is_file() else None)
-        if found is None:
-            raise NginxError(f"nginx binary '{binary}' not found; install it with `{INSTALL_HINT}` "
-                             f"(Debian package `nginx`, /usr/sbin/nginx)")
-        return found
+    def take_ports(self) -> None:
+        """Picks the free ports the site listens on (before render)."""
+        raise NotImplementedError
 
-    def values(self) -> dict[str, str]:
-        """The DEEPFAKE_* values this instance renders the site with."""
-        config = self.config
-        return {**config.overrides, "DEEPFAKE_LISTEN": f"127.0.0.1:{self.port}", "DEEPFAKE_SERVER_NAME": "127.0.0.1",
-                "DEEPFAKE_TLS_CERTIFICATE": str(config.certificate.cert),
-                "DEEPFAKE_TLS_CERTIFICATE_KEY": str(config.certificate.key),
-                "DEEPFAKE_UPSTREAM": config.upstream, "DEEPFAKE_MAX_BODY_BYTES": str(config.max_body_bytes)}
+    def render(self) -> str:
+        """The site's text for this instance."""
+        raise NotImplementedError
 
-    def start(self) -> NginxProxy:
-        """Renders the site, checks it with `nginx -t`, starts nginx and waits until the port answers HTTPS.
+    def probe(self) -> None:
+        """One request that any answer of the started site satisfies; raises requests.RequestException before."""
+        raise NotImplementedError
+
+    def start(self) -> NginxSite:
+        """Renders the site, checks it with `nginx -t`, starts nginx and waits until the site answers.
 
         Raises:
-            NginxError: nginx is missing, the config does not pass `nginx -t`, or nginx died or was not ready.
+            NginxError: nginx (or the renderer) is missing, the config does not pass `nginx -t`, or nginx died or
+                was not ready.
 
         """
-        binary = self._binary()
+        binary = nginx_binary(self.config.binary)
         work_dir = self.config.work_dir.resolve()
         work_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.site_file.write_text(render_site(self.values()))
+        self.take_ports()
+        self.site_file.write_text(self.render())
         main = work_dir / "nginx.conf"
         main.write_text(main_config(work_dir, self.site_file))
         # -e: the error log before the config is read (the default /var/log/nginx may not be writable).
@@ -217,14 +223,57 @@ class NginxProxy(LocalProcess):
                 raise NginxError(f"nginx exited (code {self.process.returncode}) before it was ready; "
                                  f"log:\n{self.log_tail()}")
             try:
-                requests.get(f"{self.url}/", verify=self.ca_file, timeout=1)  # any HTTPS answer (the JSON 404)
+                self.probe()
                 return
             except requests.RequestException:
                 pass
             time.sleep(0.1)  # polling interval of the readiness check
-        raise NginxError(f"nginx not answering HTTPS after {self.config.startup_timeout:.0f} s; "
+        raise NginxError(f"nginx not answering {self.scheme} after {self.config.startup_timeout:.0f} s; "
                          f"log:\n{self.log_tail()}")
 
+
+class NginxProxy(NginxSite):
+    """nginx serving the rendered TLS site (config/nginx/deepfake.conf) on one free port."""
+
+    site_name = "deepfake.conf"
+    scheme = "HTTPS"
+
+    def __init__(self, config: ProxyConfig) -> None:
+        super().__init__(config)
+        self.config: ProxyConfig = config
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the TLS site."""
+        if self.port is None:
+            raise NginxError("nginx is not started")
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> str:
+        """What clients verify the server certificate against (`verify=` for requests)."""
+        return str(self.config.certificate.cert)
+
+    def values(self) -> dict[str, str]:
+        """The DEEPFAKE_* values this instance renders the site with."""
+        config = self.config
+        return {**config.overrides, "DEEPFAKE_LISTEN": f"127.0.0.1:{self.port}", "DEEPFAKE_SERVER_NAME": "127.0.0.1",
+                "DEEPFAKE_TLS_CERTIFICATE": str(config.certificate.cert),
+                "DEEPFAKE_TLS_CERTIFICATE_KEY": str(config.certificate.key),
+                "DEEPFAKE_UPSTREAM": config.upstream, "DEEPFAKE_MAX_BODY_BYTES": str(config.max_body_bytes)}
+
+    def take_ports(self) -> None:
+        """One free port for the TLS listener."""
+        self.port = free_port()
+
+    def render(self) -> str:
+        """The site as config/nginx/render.sh renders it."""
+        return render_site(self.values())
+
+    def probe(self) -> None:
+        """Any HTTPS answer (the JSON 404 of /)."""
+        requests.get(f"{self.url}/", verify=self.ca_file, timeout=1)
 
 
 # --- the Kubernetes sidecar (config/nginx/sidecar.conf.template) -------------------------------------------------
@@ -233,23 +282,6 @@ SIDECAR_TEMPLATE = NGINX_DIR / "sidecar.conf.template"
 # The only names the template's envsubst replaces, as in the pod (NGINX_ENVSUBST_FILTER in deployment.yaml).
 SIDECAR_VARIABLES = ("SIDECAR_HTTP_LISTEN", "SIDECAR_GRPC_LISTEN", "SIDECAR_UPSTREAM_HTTP", "SIDECAR_UPSTREAM_GRPC",
                      "API_TOKEN", "API_TOKEN_PREVIOUS")
-
-
-def nginx_binary(binary: str = "nginx") -> str:
-    """The nginx executable: `binary` as a path, or found on PATH or in /usr/sbin.
-
-    Raises:
-        NginxError: it is not installed.
-
-    """
-    if "/" in binary:
-        found = binary if Path(binary).is_file() else None
-    else:
-        found = shutil.which(binary) or (str(FALLBACK_BINARY) if FALLBACK_BINARY.is_file() else None)
-    if found is None:
-        raise NginxError(f"nginx binary '{binary}' not found; install it with `{INSTALL_HINT}` "
-                         f"(Debian package `nginx`, /usr/sbin/nginx)")
-    return found
 
 
 def render_sidecar(values: dict[str, str], template: Path = SIDECAR_TEMPLATE) -> str:
@@ -297,14 +329,16 @@ class SidecarConfig:
     startup_timeout: float = 15.0
 
 
-class SidecarProxy(LocalProcess):
+class SidecarProxy(NginxSite):
     """The sidecar nginx on two free loopback ports (HTTP and h2c gRPC); use as a context manager or start()/stop()."""
 
+    site_name = "sidecar.conf"
+
     def __init__(self, config: SidecarConfig) -> None:
-        self.config = config
+        super().__init__(config)
+        self.config: SidecarConfig = config
         self.http_port: int | None = None
         self.grpc_port: int | None = None
-        self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -312,16 +346,6 @@ class SidecarProxy(LocalProcess):
         if self.http_port is None:
             raise NginxError("nginx is not started")
         return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def site_file(self) -> Path:
-        """The rendered config/nginx/sidecar.conf.template."""
-        return self.config.work_dir / "sidecar.conf"
-
-    @property
-    def log_file(self) -> Path:
-        """nginx's error log."""
-        return self.config.work_dir / "error.log"
 
     def values(self) -> dict[str, str]:
         """The template's variables for this instance."""
@@ -331,53 +355,16 @@ class SidecarProxy(LocalProcess):
                 "SIDECAR_UPSTREAM_HTTP": config.upstream_http, "SIDECAR_UPSTREAM_GRPC": config.upstream_grpc,
                 "API_TOKEN": config.token, "API_TOKEN_PREVIOUS": config.previous_token}
 
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the error log and of nginx's own output, for error messages."""
-        texts = [path.read_text(errors="replace") for path in (self.log_file, self.config.work_dir / "nginx.out")
-                 if path.exists()]
-        return "\n".join("\n".join(texts).splitlines()[-lines:]) or "(no log)"
-
-    def start(self) -> SidecarProxy:
-        """Renders the site, checks it with `nginx -t`, starts nginx and waits until the HTTP port answers.
-
-        Raises:
-            NginxError: nginx or envsubst is missing, the config does not pass `nginx -t`, or nginx did not start.
-
-        """
-        binary = nginx_binary(self.config.binary)
-        work_dir = self.config.work_dir.resolve()
-        work_dir.mkdir(parents=True, exist_ok=True)
+    def take_ports(self) -> None:
+        """Two different free ports: REST and gRPC."""
         self.http_port, self.grpc_port = free_port(), free_port()
         while self.grpc_port == self.http_port:
             self.grpc_port = free_port()
-        self.site_file.write_text(render_sidecar(self.values()))
-        main = work_dir / "nginx.conf"
-        main.write_text(main_config(work_dir, self.site_file))
-        command = [binary, "-p", f"{work_dir}/", "-c", str(main), "-e", str(self.log_file)]
-        checked = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
-        if checked.returncode != 0:
-            raise NginxError(f"nginx -t refused the rendered config {self.site_file}:\n{checked.stderr}")
-        with (work_dir / "nginx.out").open("wb") as output:
-            self.process = subprocess.Popen(command, cwd=work_dir, stdout=output, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.config.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise NginxError(f"nginx exited (code {self.process.returncode}) before it was ready; "
-                                 f"log:\n{self.log_tail()}")
-            try:
-                requests.get(f"{self.url}/", timeout=1)  # any HTTP answer (the JSON 404)
-                return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)  # polling interval of the readiness check
-        raise NginxError(f"nginx not answering HTTP after {self.config.startup_timeout:.0f} s; log:\n{self.log_tail()}")
+    def render(self) -> str:
+        """config/nginx/sidecar.conf.template as the pod's envsubst renders it."""
+        return render_sidecar(self.values())
+
+    def probe(self) -> None:
+        """Any HTTP answer (the JSON 404 of /)."""
+        requests.get(f"{self.url}/", timeout=1)
