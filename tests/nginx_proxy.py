@@ -143,6 +143,32 @@ def nginx_binary(binary: str = "nginx") -> str:
 
 
 
+def verdict(answer: dict) -> dict:
+    """A prediction without what differs between two requests for the same image (its id, its timings)."""
+    return {key: value for key, value in answer.items() if key not in ("request_id", "timing_ms")}
+
+
+def nginx_error(response: requests.Response, status: int, code: str, exact_fields: bool = False) -> dict:
+    """The JSON error nginx wrote itself, in the project's shape (TorchServe's answers carry x-request-id).
+
+    Args:
+        response: the answer to check.
+        status: its expected HTTP status, also the error's `status`.
+        code: the error's expected `code`.
+        exact_fields: the error has exactly code, status, field, message and accepted (else at least them).
+
+    """
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json" and "x-request-id" not in response.headers
+    error = response.json()["error"]
+    assert error["code"] == code and error["status"] == status and error["message"]
+    if exact_fields:
+        assert set(error) == {"code", "status", "field", "message", "accepted"}
+    else:
+        assert {"field", "accepted"} <= set(error)
+    return error
+
+
 class NginxSite(LocalProcess):
     """An nginx process serving one rendered site from a work dir; use as a context manager or start()/stop().
 

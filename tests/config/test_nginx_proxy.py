@@ -25,7 +25,15 @@ import yaml
 from scripts.package_model import PackageConfig, package_model
 from scripts.reliability.server import running_server
 from scripts.serve import KEY_FILENAME, TorchServe, read_properties
-from tests.nginx_proxy import Certificate, NginxProxy, ProxyConfig, self_signed_certificate, shipped_values
+from tests.nginx_proxy import (
+    Certificate,
+    NginxProxy,
+    ProxyConfig,
+    nginx_error,
+    self_signed_certificate,
+    shipped_values,
+    verdict,
+)
 from tests.prometheus_server import free_port
 
 pytestmark = pytest.mark.e2e
@@ -65,21 +73,6 @@ def image(tiny_dataset: Path) -> bytes:
 
 def post(url: str, verify: str | bool, body: bytes, headers: dict[str, str] | None = None) -> requests.Response:
     return requests.post(url, data=body, headers=headers or {}, verify=verify, timeout=60)
-
-
-def verdict(answer: dict) -> dict:
-    """A prediction without what differs between two requests for the same image (its id, its timings)."""
-    return {key: value for key, value in answer.items() if key not in ("request_id", "timing_ms")}
-
-
-def nginx_error(response: requests.Response, status: int, code: str) -> dict:
-    """The JSON error nginx wrote itself (TorchServe's answers carry an x-request-id header, nginx's do not)."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == "application/json" and "x-request-id" not in response.headers
-    error = response.json()["error"]
-    assert error["code"] == code and error["status"] == status and error["message"]
-    assert {"field", "accepted"} <= set(error)
-    return error
 
 
 def raw_request(proxy: NginxProxy, method: str, path: str) -> tuple[int, bytes]:

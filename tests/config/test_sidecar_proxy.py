@@ -22,7 +22,8 @@ import requests
 
 from scripts.grpc_client import AuthorizationError, GrpcClientError, GrpcTarget, TorchServeGrpc
 from scripts.serve import Ports, ServeConfig, TorchServe, read_properties
-from tests.nginx_proxy import SidecarConfig, SidecarProxy
+from tests.nginx_proxy import SidecarConfig, SidecarProxy, verdict
+from tests.nginx_proxy import nginx_error as proxy_error
 from tests.prometheus_server import free_port
 
 pytestmark = pytest.mark.e2e
@@ -70,19 +71,9 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None, method: s
     return requests.request(method, url, data=body, headers=headers or {}, timeout=60)
 
 
-def verdict(answer: dict) -> dict:
-    """A prediction without what differs between two requests for the same image (its id, its timings)."""
-    return {key: value for key, value in answer.items() if key not in ("request_id", "timing_ms")}
-
-
 def nginx_error(response: requests.Response, status: int, code: str) -> dict:
-    """The JSON error nginx wrote itself, in the project's shape (TorchServe's answers carry x-request-id)."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == "application/json" and "x-request-id" not in response.headers
-    error = response.json()["error"]
-    assert error["code"] == code and error["status"] == status and error["message"]
-    assert set(error) == {"code", "status", "field", "message", "accepted"}
-    return error
+    """The sidecar's own JSON errors have exactly the project's five fields."""
+    return proxy_error(response, status, code, exact_fields=True)
 
 
 # --- the token -----------------------------------------------------------------------------------------------------
