@@ -28,7 +28,7 @@ from typing import Any
 
 import requests
 
-from scripts.serve import KEY_FILENAME, Ports, ServeConfig, TorchServe, read_keys
+from scripts.serve import KEY_FILENAME, ServeConfig, TorchServe, read_keys, recorded_config
 
 CONTAINER_RUN_DIR = Path("/app/run")  # where the images keep the run dir (docker/Dockerfile)
 DEFAULT_RUN_DIR = CONTAINER_RUN_DIR if CONTAINER_RUN_DIR.is_dir() else ServeConfig.run_dir
@@ -73,10 +73,10 @@ def recorded_server(run_dir: Path) -> ServeConfig:
         CheckError: nothing is recorded there.
 
     """
-    state = TorchServe(ServeConfig(run_dir=run_dir)).read_state()
-    if not state:
+    config = recorded_config(run_dir)
+    if config is None:
         raise CheckError(f"no TorchServe recorded in {run_dir} (no server.json): not started, or stopped")
-    return ServeConfig(run_dir=run_dir, ports=Ports(**state["ports"]), models=state["models"])
+    return config
 
 
 def key_expired(entry: dict[str, str], now: datetime) -> bool:

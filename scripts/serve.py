@@ -946,10 +946,11 @@ def serve_in_foreground(server: TorchServe, announce: Callable[[TorchServe], Non
         print(f"stopped TorchServe ({ended} processes ended)", flush=True)
 
 
-def _config_from_state(run_dir: Path) -> ServeConfig:
+def recorded_config(run_dir: Path) -> ServeConfig | None:
+    """The config of the server run_dir/server.json records (ports, models, files), or None if none is recorded."""
     state = TorchServe(ServeConfig(run_dir=run_dir)).read_state()
     if not state:
-        return ServeConfig(run_dir=run_dir)
+        return None
     recorded = {key: Path(state[key]) for key in ("properties", "model_store") if key in state}
     return ServeConfig(run_dir=run_dir, ports=Ports(**state["ports"]), models=state["models"], **recorded)
 
@@ -1187,7 +1188,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit("serve: interrupted during start-up; TorchServe stopped")
         return
 
-    server = TorchServe(_config_from_state(args.run_dir))
+    server = TorchServe(recorded_config(args.run_dir) or ServeConfig(run_dir=args.run_dir))
     if args.action == "status":
         lines, ready = status_lines(server)
         print("\n".join(lines))
