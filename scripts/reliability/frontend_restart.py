@@ -45,6 +45,7 @@ from typing import Any
 import psutil
 
 from benchmarks.load_client import CONNECTION_FAILED, LoadConfig, Outcome, run_closed_loop
+from scripts.reliability.load_thread import LoadThread
 from scripts.reliability.report import (
     RESULTS_DIR,
     Check,
@@ -272,7 +273,7 @@ class StatusSampler:
         return None
 
 
-class KeyRereadingLoad:
+class KeyRereadingLoad(LoadThread):
     """Closed-loop clients (benchmarks/load_client.py) that, after a failed request, pause and re-read the key.
 
     The load client sends fixed headers, so the load runs in segments: a failure ends the segment
@@ -282,38 +283,27 @@ class KeyRereadingLoad:
     """
 
     def __init__(self, url: str, run_dir: Path, payloads: list[bytes], config: FrontendRestartConfig) -> None:
+        super().__init__("load")
         self.url, self.run_dir, self.payloads, self.config = url, run_dir, payloads, config
-        self.outcomes: list[Outcome] = []
         self.segments = 0
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._segment_stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="key-rereading-load", daemon=True)
 
-    def _observe(self, outcome: Outcome) -> None:
-        with self._lock:
-            self.outcomes.append(outcome)
+    def record(self, outcome: Outcome) -> None:
+        """Keeps the answer; a failure (or stop()) ends the segment."""
+        super().record(outcome)
         if not outcome.ok or self._stop.is_set():
             self._segment_stop.set()
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._segment_stop = threading.Event()
-                headers = tuple(auth_headers(self.run_dir, "inference").items())
-                load = LoadConfig(self.url, concurrency=self.config.concurrency, requests=10**9, warmup=0,
-                                  timeout=self.config.timeout, headers=headers)
-                run_closed_loop(load, self.payloads, observer=self._observe, stop=self._segment_stop)
-                self.segments += 1
-                self._stop.wait(self.config.retry_pause)  # a client's back-off after a failure
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread by stop()
-            self.error = error
-
-    def start(self) -> KeyRereadingLoad:
-        """Starts the clients; returns self."""
-        self._thread.start()
-        return self
+    def drive(self) -> None:
+        """Segments of closed-loop clients with the key of their start, a pause after each, until stop()."""
+        while not self._stop.is_set():
+            self._segment_stop = threading.Event()
+            headers = tuple(auth_headers(self.run_dir, "inference").items())
+            load = LoadConfig(self.url, concurrency=self.config.concurrency, requests=10**9, warmup=0,
+                              timeout=self.config.timeout, headers=headers)
+            run_closed_loop(load, self.payloads, observer=self.record, stop=self._segment_stop)
+            self.segments += 1
+            self._stop.wait(self.config.retry_pause)  # a client's back-off after a failure
 
     def stop(self) -> None:
         """Stops sending and waits for the requests in flight.
@@ -324,14 +314,7 @@ class KeyRereadingLoad:
         """
         self._stop.set()
         self._segment_stop.set()
-        self._thread.join()
-        if self.error is not None:
-            raise RuntimeError(f"the load failed: {self.error!r}") from self.error
-
-    def snapshot(self) -> list[Outcome]:
-        """The answers so far."""
-        with self._lock:
-            return list(self.outcomes)
+        self.end()
 
 
 def failure_kind(outcome: Outcome) -> str:

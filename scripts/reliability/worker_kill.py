@@ -28,16 +28,16 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from benchmarks.load_client import LoadConfig, LoadResult, Outcome, run_closed_loop
+from scripts.reliability.load_thread import LoadThread
 from scripts.reliability.report import (
     RESULTS_DIR,
     Check,
@@ -101,44 +101,18 @@ class WorkerKillConfig:
             raise ValueError("concurrency, kills and settle_requests must be >= 1")
 
 
-@dataclass
-class _Outcomes:
-    """Every measured answer of the background load, appended from the client thread."""
-
-    items: list[Outcome] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, outcome: Outcome) -> None:
-        with self.lock:
-            self.items.append(outcome)
-
-    def snapshot(self) -> list[Outcome]:
-        with self.lock:
-            return list(self.items)
-
-
-class BackgroundLoad:
-    """Closed-loop load on a thread from start() until stop(); every measured answer lands in `outcomes`."""
+class BackgroundLoad(LoadThread):
+    """Closed-loop load on a thread from start() until stop(); every measured answer lands in snapshot()."""
 
     def __init__(self, load: LoadConfig, payloads: list[bytes]) -> None:
+        super().__init__("background load")
         self.load = load
         self.payloads = payloads
-        self.outcomes = _Outcomes()
         self.result: LoadResult | None = None
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="background-load", daemon=True)
 
-    def _run(self) -> None:
-        try:
-            self.result = run_closed_loop(self.load, self.payloads, observer=self.outcomes.add, stop=self._stop)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread by stop()
-            self.error = error
-
-    def start(self) -> BackgroundLoad:
-        """Starts the load thread (its warm-up first); returns self."""
-        self._thread.start()
-        return self
+    def drive(self) -> None:
+        """One closed-loop run (its warm-up first) until stop()."""
+        self.result = run_closed_loop(self.load, self.payloads, observer=self.record, stop=self._stop)
 
     def stop(self) -> LoadResult:
         """Stops sending, waits for the answers in flight, returns the load's totals.
@@ -147,10 +121,7 @@ class BackgroundLoad:
             RuntimeError: the load thread failed.
 
         """
-        self._stop.set()
-        self._thread.join()
-        if self.error is not None:
-            raise RuntimeError(f"the background load failed: {self.error!r}") from self.error
+        self.end()
         assert self.result is not None
         return self.result
 
@@ -163,10 +134,10 @@ class BackgroundLoad:
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            outcomes = self.outcomes.snapshot()
+            outcomes = self.snapshot()
             if condition(outcomes):
                 return outcomes
-            if not self._thread.is_alive():
+            if not self.running:
                 raise TimeoutError(f"the load stopped while waiting for {what}: {self.error!r}")
             time.sleep(0.05)  # polling interval of the condition
         raise TimeoutError(f"no {what} within {timeout:g} s")
@@ -254,7 +225,7 @@ def kill_one_worker(server: TorchServe, load: BackgroundLoad, config: WorkerKill
                                  config.timeout + config.settle_requests, f"{config.settle_requests} answers after "
                                                                           f"the recovery")
     else:
-        outcomes = load.outcomes.snapshot()
+        outcomes = load.snapshot()
     settled_at = time.monotonic()
     new_workers = sorted(model_workers(server.config, MODEL_NAME), key=lambda worker: worker["id"])
     return {
