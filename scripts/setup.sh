@@ -58,6 +58,10 @@ command -v prometheus >/dev/null 2>&1 ||
 command -v docker-compose >/dev/null 2>&1 ||
   debian_packages "the offline check of docker/compose.yaml" docker-compose docker-compose
 
+# Debian's chromium + its matching chromium-driver run the web page's browser test (selenium, headless).
+{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } ||
+  debian_packages "the web page's browser test" chromium chromium chromium-driver
+
 wanted=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$wanted" ]; then
   echo "setup: .venv is up to date"
