@@ -16,6 +16,10 @@ from handler.forensics import PreprocessConfig
 
 METADATA_FILENAME = "metadata.json"
 MODEL_FILENAME = "model.torchscript.pt"
+# The explain-capable twin of MODEL_FILENAME (same weights; forward(x) returns (logits, last feature map)), written
+# by training/export.py when the backbone splits into forward_features/forward_head; handler/explain.py runs Grad-CAM
+# on it. TorchScript hides a traced model's activations, so they have to be an output of their own.
+EXPLAIN_FILENAME = "model.explain.pt"
 METRICS_FILENAME = "metrics.json"  # the run's measured quality, carried into the .mar for `inspect`
 SCHEMA_VERSION = 1
 
@@ -32,6 +36,9 @@ class ModelMetadata:
         training: metrics and facts of the run that produced the weights (informational).
         faces: how the training images were cut around faces (handler.faces), or None for a model trained on
             whole images. A face model must be served on faces cut the same way, so the crop margin travels here.
+        explain: what export said about explanations: {"file": EXPLAIN_FILENAME, "method": "grad-cam", "layer":
+            the module whose activations Grad-CAM weighs} when it wrote the explain model, {"file": None,
+            "reason": why not} when it could not, None for models exported before explanations existed.
 
     """
 
@@ -41,6 +48,7 @@ class ModelMetadata:
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     training: dict[str, Any] = field(default_factory=dict)
     faces: FaceConfig | None = None
+    explain: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -58,6 +66,7 @@ class ModelMetadata:
             "preprocessing": self.preprocessing.to_dict(),
             "training": self.training,
             "faces": None if self.faces is None else self.faces.to_dict(),
+            **({} if self.explain is None else {"explain": self.explain}),
         }
 
     @classmethod
@@ -76,6 +85,7 @@ class ModelMetadata:
             preprocessing=PreprocessConfig.from_dict(values["preprocessing"]),
             training=dict(values.get("training", {})),
             faces=FaceConfig.from_dict(values["faces"]) if values.get("faces") else None,
+            explain=dict(values["explain"]) if isinstance(values.get("explain"), dict) else None,
         )
 
     def save(self, path: Path) -> None:

@@ -1,7 +1,7 @@
 """Builds model_store/<name>.mar from an export folder with torch-model-archiver.
 
-The archive holds the TorchScript file, metadata.json, calibration.json and metrics.json (when the
-export has them), config/model-config.yaml, the handler
+The archive holds the TorchScript file, metadata.json, calibration.json, metrics.json and model.explain.pt
+(the Grad-CAM twin of the model, handler/explain.py) when the export has them, config/model-config.yaml, the handler
 entry point and the whole handler/ package, so the worker imports `handler.*` exactly as the
 repository does.
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handler.calibration import CALIBRATION_FILENAME
-from handler.metadata import METADATA_FILENAME, METRICS_FILENAME, MODEL_FILENAME
+from handler.metadata import EXPLAIN_FILENAME, METADATA_FILENAME, METRICS_FILENAME, MODEL_FILENAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLER_PACKAGE = REPO_ROOT / "handler"
@@ -83,7 +83,8 @@ def package_model(config: PackageConfig) -> Path:
         # contains handler/ (a clean copy: no __pycache__) and the export's JSON files.
         extra = Path(staging_name) / "extra"
         shutil.copytree(HANDLER_PACKAGE, extra / "handler", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for name in (METADATA_FILENAME, CALIBRATION_FILENAME, METRICS_FILENAME):
+        # An export without model.explain.pt still packages: its server answers explanations with a 501.
+        for name in (METADATA_FILENAME, CALIBRATION_FILENAME, METRICS_FILENAME, EXPLAIN_FILENAME):
             if (config.export_dir / name).is_file():
                 shutil.copy2(config.export_dir / name, extra / name)
         # The archiver names the file after --model-name: build it apart, then move it to its archive name.

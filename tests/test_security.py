@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from handler.forensics import PreprocessConfig
-from handler.metadata import METADATA_FILENAME
+from handler.metadata import EXPLAIN_FILENAME, METADATA_FILENAME
 from handler.settings import HandlerSettings
 from scripts.package_model import PackageConfig, package_model
 from scripts.serve import CONFIGS, HTTP_LISTENERS, Ports, ServeConfig, read_properties, runtime_properties
@@ -412,8 +412,9 @@ def test_archive_holds_only_torchscript_code_and_text(shipped_archive):
         names = [name for name in archive.namelist() if not name.endswith("/")]
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
         serialized = manifest["model"]["serializedFile"]
-        others = [name for name in names if name != serialized]
-        assert serialized == "model.torchscript.pt" and serialized in names
+        # The Grad-CAM twin (training.export) is the only other binary: TorchScript too, checked below.
+        others = [name for name in names if name not in (serialized, EXPLAIN_FILENAME)]
+        assert serialized == "model.torchscript.pt" and serialized in names and EXPLAIN_FILENAME in names
         assert [name for name in others if not name.endswith(ARCHIVE_TEXT_SUFFIXES)] == []
         assert [name for name in others if name.endswith(PICKLE_SUFFIXES)] == []
         for name in others:
@@ -432,10 +433,12 @@ def test_archive_holds_only_torchscript_code_and_text(shipped_archive):
     assert 1 <= metadata["preprocessing"]["max_image_pixels"] <= 100_000_000
 
 
-def test_model_file_is_torchscript_and_the_checkpoint_loads_weights_only(shipped_archive, tiny_export, tmp_path):
+@pytest.mark.parametrize("model_name", ["model.torchscript.pt", EXPLAIN_FILENAME])
+def test_model_file_is_torchscript_and_the_checkpoint_loads_weights_only(shipped_archive, tiny_export, tmp_path,
+                                                                         model_name):
     with zipfile.ZipFile(shipped_archive) as archive:
-        model_bytes = archive.read("model.torchscript.pt")
-    model_file = tmp_path / "model.torchscript.pt"
+        model_bytes = archive.read(model_name)
+    model_file = tmp_path / model_name
     model_file.write_bytes(model_bytes)
     with zipfile.ZipFile(model_file) as torchscript:
         members = torchscript.namelist()
@@ -447,4 +450,4 @@ def test_model_file_is_torchscript_and_the_checkpoint_loads_weights_only(shipped
     assert checkpoint["state_dict"] and all(isinstance(value, torch.Tensor) for value in
                                             checkpoint["state_dict"].values())
     exported = [path.name for path in tiny_export.iterdir() if path.suffix in PICKLE_SUFFIXES]
-    assert exported == ["model.torchscript.pt"]
+    assert sorted(exported) == sorted(["model.torchscript.pt", EXPLAIN_FILENAME])

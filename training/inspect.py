@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from handler.calibration import CALIBRATION_FILENAME, Calibration
-from handler.metadata import METADATA_FILENAME, METRICS_FILENAME, MODEL_FILENAME, ModelMetadata
+from handler.metadata import EXPLAIN_FILENAME, METADATA_FILENAME, METRICS_FILENAME, MODEL_FILENAME, ModelMetadata
 from handler.torchscript import load_torchscript
 
 MANIFEST_MEMBER = "MAR-INF/MANIFEST.json"
@@ -171,6 +171,7 @@ def inspect_export(path: Path, verify: bool = False) -> dict[str, Any]:
         return member.read_text(errors="replace") if member.is_file() else None
 
     report = {"kind": "export", "path": str(path), **summarise_model_files(read_text)}
+    report["explanations"] = summarise_explanations(read_text, (path / EXPLAIN_FILENAME).is_file(), report["problems"])
     if not (path / MODEL_FILENAME).is_file():
         report["problems"].append(f"{MODEL_FILENAME} is missing")
     elif verify:
@@ -202,6 +203,7 @@ def inspect_mar(path: Path, verify: bool = False) -> dict[str, Any]:
             **summarise_model_files(read_text),
         }
         report["problems"] = problems + report["problems"]
+        report["explanations"] = summarise_explanations(read_text, EXPLAIN_FILENAME in names, report["problems"])
         if config_name:
             report["model_config"] = summarise_model_config(config_name, read_text(config_name), report["problems"])
         if serialized not in names:
@@ -257,6 +259,34 @@ def summarise_model_files(read_text: Callable[[str], str | None]) -> dict[str, A
         "metrics": metrics,
         "problems": problems,
     }
+
+
+def summarise_explanations(read_text: Callable[[str], str | None], has_explain_model: bool,
+                           problems: list[str]) -> dict[str, Any]:
+    """Whether a server of this artefact answers /explanations (it needs model.explain.pt), and why not.
+
+    Args:
+        read_text: a file's text by name, or None when the artefact lacks it.
+        has_explain_model: the artefact holds model.explain.pt.
+        problems: gets a line when metadata.json names the explain model but the artefact lacks it.
+
+    """
+    try:
+        metadata = json.loads(read_text(METADATA_FILENAME) or "{}")
+    except json.JSONDecodeError:
+        metadata = {}  # summarise_model_files reports the broken file
+    explain = metadata.get("explain") if isinstance(metadata, dict) else None
+    explain = explain if isinstance(explain, dict) else {}
+    if has_explain_model:
+        return {"available": True, "method": explain.get("method", "grad-cam"), "layer": explain.get("layer"),
+                "reason": None}
+    if explain.get("file"):
+        problems.append(f"{METADATA_FILENAME} names {explain['file']} but it is missing: explanations will answer "
+                        f"501; re-package the whole export folder")
+        reason = f"{EXPLAIN_FILENAME} is missing"
+    else:
+        reason = explain.get("reason") or "exported before explanations existed; re-export to add them"
+    return {"available": False, "method": None, "layer": None, "reason": reason}
 
 
 def parse_json_object(name: str, text: str | None, problems: list[str]) -> dict[str, Any] | None:
@@ -384,7 +414,8 @@ def format_report(report: dict[str, Any]) -> str:
                  ("threshold", format_number(report["threshold"])), ("input", format_input(report["input"])),
                  ("mean / std", f"{report['input']['mean']} / {report['input']['std']}" if report["input"]["mean"]
                   else None),
-                 ("calibration", format_calibration(report["calibration"]))]
+                 ("calibration", format_calibration(report["calibration"])),
+                 ("explanations", format_explanations(report["explanations"]))]
     for source, metrics in report["metrics"].items():
         rows += format_metrics(source, metrics)
     model_config = report.get("model_config")
@@ -407,6 +438,13 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("problems")
         lines += [f"  - {problem}" for problem in report["problems"]]
     return "\n".join(lines)
+
+
+def format_explanations(explanations: dict[str, Any]) -> str:
+    """E.g. "grad-cam on layer4 (model.explain.pt)" or "unavailable: <why>"."""
+    if explanations["available"]:
+        return f"{explanations['method']} on {explanations['layer'] or 'the last feature map'} ({EXPLAIN_FILENAME})"
+    return f"unavailable: {explanations['reason']}"
 
 
 def format_metrics(source: str, metrics: dict[str, float]) -> list[tuple[str, str]]:

@@ -1,4 +1,5 @@
 import json
+import shutil
 import zipfile
 
 import pytest
@@ -23,3 +24,18 @@ def test_mar_holds_model_metadata_config_and_the_handler_package(model_store):
 def test_missing_export_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="train and export first"):
         package_model(PackageConfig(export_dir=tmp_path, model_store=tmp_path / "store"))
+
+
+def test_mar_carries_the_explain_model_byte_for_byte(model_store, tiny_export):
+    with zipfile.ZipFile(model_store / "deepfake.mar") as archive:
+        assert archive.read("model.explain.pt") == (tiny_export / "model.explain.pt").read_bytes()
+        assert {"handler/explain.py", "handler/video.py"} <= set(archive.namelist())
+
+
+def test_an_export_without_the_explain_model_still_packages(tiny_export, one_worker_model_config, tmp_path):
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export, ignore=shutil.ignore_patterns("model.explain.pt"))
+    mar = package_model(PackageConfig(export_dir=export, model_store=tmp_path / "store",
+                                      model_config=one_worker_model_config))
+    with zipfile.ZipFile(mar) as archive:
+        assert "model.explain.pt" not in archive.namelist() and "model.torchscript.pt" in archive.namelist()

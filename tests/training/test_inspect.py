@@ -368,3 +368,27 @@ def test_the_training_pipeline_artefacts(artefact, tiny_training, tiny_export, m
             assert report["metrics"][METRICS_FILENAME]
     if artefact == "mar":
         assert report["manifest"]["model_name"] == "deepfake"
+
+
+@pytest.mark.parametrize("artefact", ["export", "mar"])
+def test_explanations_are_shown_available_when_the_artefact_has_the_explain_model(artefact, tiny_export, model_store,
+                                                                                  capsys):
+    path = {"export": tiny_export, "mar": model_store / "deepfake.mar"}[artefact]
+    report = inspect_path(path)
+    assert report["explanations"] == {"available": True, "method": "grad-cam", "layer": "layer4", "reason": None}
+    status, out, _ = run_main([str(path)], capsys)
+    assert status == 0 and re.search(r"explanations\s+grad-cam on layer4 \(model\.explain\.pt\)", out)
+
+
+def test_explanations_unavailable_say_why(export_dir, export_copy, capsys):
+    assert inspect_path(export_dir)["explanations"]["reason"].startswith("exported before explanations existed")
+    metadata = json.loads((export_copy / METADATA_FILENAME).read_text())
+    metadata["explain"] = {"file": "model.explain.pt", "method": "grad-cam", "layer": "layer4"}
+    (export_copy / METADATA_FILENAME).write_text(json.dumps(metadata))
+    report = inspect_path(export_copy)  # metadata.json names the file, the folder lacks it: the server answers 501
+    assert report["explanations"]["available"] is False
+    assert any("model.explain.pt but it is missing" in problem for problem in report["problems"])
+    metadata["explain"] = {"file": None, "reason": "NoSplit has no forward_features/forward_head"}
+    (export_copy / METADATA_FILENAME).write_text(json.dumps(metadata))
+    status, out, _ = run_main([str(export_copy)], capsys)
+    assert status == 0 and "unavailable: NoSplit has no forward_features/forward_head" in out
