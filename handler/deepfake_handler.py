@@ -2,7 +2,8 @@
 
 Each image is scored on the regions handler.scoring cuts from it: every detected face for a face
 model, else the whole image. All regions of a batch go through one forward pass; an image takes the
-verdict of its most-fake face.
+verdict of its most-fake face. A video (MP4, MOV, WebM, AVI) is scored on frames sampled uniformly from it, each
+cut like an image, and answers the mean of its top-k frame scores with a per-frame timeline (handler.video).
 
 Packaged into the .mar together with the handler/ package, whose modules it imports; it must
 not import training/. TorchServe finds the handler as the only class defined in this file, so
@@ -27,6 +28,17 @@ from ts.utils.util import PredictionException
 
 from handler.calibration import Calibration
 from handler.cpu_threads import apply_cpu_threads, available_cores, most_concurrent_workers, threads_per_worker
+from handler.explain import (
+    DEFAULT_LAYER,
+    ExplainConfig,
+    explanation,
+    explanations_unavailable,
+    grad_cam,
+    load_explain_model,
+    refuse_video,
+    region_boxes,
+    upright_size,
+)
 from handler.faces import FaceConfig
 from handler.forensics import ImageDecodeError, decode_rgb
 from handler.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
@@ -53,6 +65,7 @@ from handler.verdict import (
     uncalibrated_scores,
     verdict,
 )
+from handler.video import VideoConfig, VideoRegions, read_frames, sniff_container, video_answer, video_regions
 from handler.worker_metrics import HEARTBEAT_SECONDS, Heartbeat, WorkerMetrics
 
 logger = logging.getLogger(__name__)
@@ -90,7 +103,8 @@ def forward_failure(error: BaseException, items: int, device: torch.device, inpu
     return PredictionException(f"the model failed on {batch} on {device}: {reason}", 503)
 
 
-def scores_by_item(regions: dict[int, ScoredRegions], scores: list[ItemScores]) -> dict[int, list[ItemScores]]:
+def scores_by_item(regions: dict[int, ScoredRegions | VideoRegions], scores: list[ItemScores]
+                   ) -> dict[int, list[ItemScores]]:
     """Splits the forward pass's scores (every region of the batch, in order) back into one list per item.
 
     Raises:
@@ -128,6 +142,9 @@ class DeepfakeHandler(BaseHandler):
         self.heartbeat: Heartbeat | None = None
         self.face_config: FaceConfig | None = None
         self.serving = ServingOptions()
+        self.video_config = VideoConfig()
+        self.explain_model: torch.jit.ScriptModule | None = None  # model.explain.pt, when the export has it
+        self.explain_config = ExplainConfig()
 
     def initialize(self, context: Any) -> None:
         """Loads metadata.json, calibration.json (when the .mar has one) and the TorchScript model once per worker.
@@ -151,7 +168,10 @@ class DeepfakeHandler(BaseHandler):
         if self.metadata.faces is not None and self.face_config is None:
             logger.warning("this model was trained on face crops but model-config.yaml sets faces: off; whole "
                            "images are scored, which it was not trained on")
-        self.limits = InputLimits(self.metadata.preprocessing.max_image_pixels, self.settings.max_upload_bytes)
+        self.video_config = self.settings.video_config(self.metadata.preprocessing.max_image_pixels)
+        self.limits = InputLimits(self.metadata.preprocessing.max_image_pixels, self.settings.max_upload_bytes,
+                                  self.video_config.max_bytes, self.video_config.max_seconds,
+                                  self.video_config.max_frames)
         threshold = self.settings.threshold if self.settings.threshold is not None else self.metadata.threshold
         self.policy = VerdictPolicy(threshold=threshold, borderline_band=self.settings.borderline_band)
 
@@ -166,6 +186,7 @@ class DeepfakeHandler(BaseHandler):
 
         self.serving = self.settings.serving_options()
         self.model = self.serving.prepare(load_torchscript(model_dir / MODEL_FILENAME, self.device))
+        self.explain_model = load_explain_model(model_dir, self.device)  # None: explanations answer 501
         self._warm_up(self.settings.warmup_runs)
         manifest_model = (context.manifest or {}).get("model", {})
         self.model_info = {
@@ -224,27 +245,54 @@ class DeepfakeHandler(BaseHandler):
                 errors[index] = ImageDecodeError("invalid_option", "the request's options could not be read")
         return options, errors
 
+    def video_regions(self, data: bytes, container: str) -> VideoRegions:
+        """A video's sampled frames cut into model inputs (handler.video); any failure is the video's 4xx.
+
+        Raises:
+            ImageDecodeError: over a limit, or unreadable (an unexpected failure is logged and becomes
+                unreadable_video, so a hostile file never fails the batch).
+
+        """
+        assert self.metadata is not None, "initialize() must run first"
+        try:
+            frames = read_frames(data, container, self.video_config)
+            return video_regions(frames, self.metadata.preprocessing, self.face_config)
+        except ImageDecodeError:
+            raise
+        except MemoryError as error:
+            raise ImageDecodeError("video_frame_too_large", "the video's frames need more memory than is "
+                                   "available") from error
+        except Exception as error:  # noqa: BLE001 - untrusted input must never fail the batch
+            logger.exception("a %s video could not be read", container)
+            raise ImageDecodeError("unreadable_video", f"the video could not be read ({type(error).__name__})"
+                                   ) from error
+
     def regions(
         self, data: list[dict[str, Any]], refused: dict[int, ImageDecodeError] | None = None
-    ) -> tuple[dict[int, ScoredRegions], dict[int, ImageDecodeError]]:
+    ) -> tuple[dict[int, ScoredRegions | VideoRegions], dict[int, ImageDecodeError]]:
         """Decodes every request not already refused (once) and cuts the regions to score from it, by index.
 
         Whatever a client sends, the outcome is its regions or an ImageDecodeError for that item alone: an
         unexpected exception while decoding is logged with its traceback and becomes a 400 corrupt_image. An
         image file over max_upload_bytes is refused before decoding; every error names the request field the
-        image came from (the decoders see only bytes).
+        image came from (the decoders see only bytes). A video (MP4, MOV, WebM or AVI by its first bytes) yields
+        its sampled frames' regions instead (video_regions), under the video limits.
         """
         assert self.metadata is not None, "initialize() must run first"
         preprocessing = self.metadata.preprocessing
-        regions: dict[int, ScoredRegions] = {}
+        regions: dict[int, ScoredRegions | VideoRegions] = {}
         errors = dict(refused or {})
         for index, row in enumerate(data):
             if index in errors:
                 continue
             image: ImageBytes | None = None
             try:
-                image = refuse_oversized(image_bytes_from_row(row, self._request_headers(index)),
-                                         self.settings.max_upload_bytes)
+                image = image_bytes_from_row(row, self._request_headers(index))
+                container = sniff_container(image.data)
+                if container is not None:
+                    regions[index] = self.video_regions(image.data, container)
+                    continue
+                image = refuse_oversized(image, self.settings.max_upload_bytes)
                 rgb = decode_for_scoring(image.data, preprocessing, self.face_config)
                 regions[index] = regions_to_score(rgb, preprocessing, self.face_config)
             except ImageDecodeError as error:
@@ -259,7 +307,7 @@ class DeepfakeHandler(BaseHandler):
                     image.field if image else None)
         return regions, errors
 
-    def model_batch(self, regions: dict[int, ScoredRegions]) -> torch.Tensor | None:
+    def model_batch(self, regions: dict[int, ScoredRegions | VideoRegions]) -> torch.Tensor | None:
         """Every region of the batch stacked in item order, on the model's device; None when there is none."""
         inputs = [tensor for item in regions.values() for tensor in item.inputs]
         return self.serving.batch(inputs, self.device) if inputs else None
@@ -272,7 +320,10 @@ class DeepfakeHandler(BaseHandler):
         return self.model_batch(regions), errors
 
     def inference(self, batch: torch.Tensor, images: int | None = None) -> list[ItemScores]:
-        """Calibrated and raw probability of fake for each row of the batch (an image or a face crop).
+        """Calibrated and raw probability of fake for each row of the batch (an image, a face crop or a frame's).
+
+        The rows go through the model in chunks of at most `max_batch_inputs` (one chunk for any image batch the
+        shipped settings allow), so a long video's frames never need one giant activation batch.
 
         Args:
             batch: model inputs [N, 4, H, W].
@@ -286,7 +337,8 @@ class DeepfakeHandler(BaseHandler):
         assert self.metadata is not None, "initialize() must run first"
         try:
             with torch.inference_mode():
-                logits = self.model(batch).float().cpu().numpy()
+                chunks = [self.model(chunk) for chunk in batch.split(self.settings.max_batch_inputs)]
+                logits = (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).float().cpu().numpy()
         except Exception as error:  # noqa: BLE001 - every failure becomes a status TorchServe can answer with
             logger.exception("forward pass failed on a batch of %d model inputs", len(batch))
             items = len(batch) if images is None else images
@@ -312,7 +364,7 @@ class DeepfakeHandler(BaseHandler):
     def postprocess(
         self,
         scores: dict[int, list[ItemScores]],
-        regions: dict[int, ScoredRegions],
+        regions: dict[int, ScoredRegions | VideoRegions],
         errors: dict[int, ImageDecodeError],
         timing: dict[str, float],
         options: list[RequestOptions],
@@ -325,7 +377,12 @@ class DeepfakeHandler(BaseHandler):
                 status, item = error_item(errors[index], self.limits)
             else:
                 status = OK
-                item = self.scored_item(regions[index], scores[index], options[index].uncalibrated)
+                region = regions[index]
+                if isinstance(region, VideoRegions):  # the video's top-k verdict, facts and timeline
+                    item = video_answer(region, scores[index], self.policy, self.video_config.top_fraction,
+                                        self.calibration.method != "none", options[index].uncalibrated)
+                else:
+                    item = self.scored_item(region, scores[index], options[index].uncalibrated)
                 item["model"] = self.model_info
                 item["timing_ms"] = timing
             statuses.append(status)
@@ -335,6 +392,67 @@ class DeepfakeHandler(BaseHandler):
             responses.append(item)
         report_statuses(self.context, statuses)
         return responses
+
+    def explain_requests(self, data: list[dict[str, Any]], refused: dict[int, ImageDecodeError]) -> list[int]:
+        """Indices of the batch's explanation requests; those this worker cannot explain get their error in `refused`.
+
+        TorchServe sends /explanations/{model} to the same handle() as predictions, with the request header
+        `explain: True`, and may batch both kinds together, so each item is asked on its own (TorchServe's
+        BaseHandler looks at the first item only). A model exported without model.explain.pt answers 501
+        explanations_unavailable; a video answers 400 explanation_needs_image.
+        """
+        indices = [index for index in range(len(data))
+                   if str(self._request_headers(index).get("explain", "")).lower() == "true"]
+        for index in indices:
+            if index in refused:
+                continue
+            if self.explain_model is None:
+                refused[index] = explanations_unavailable()
+                continue
+            try:
+                video = refuse_video(image_bytes_from_row(data[index], self._request_headers(index)))
+            except ImageDecodeError:
+                continue  # regions() reports what is wrong with the request
+            if video is not None:
+                refused[index] = video
+        return indices
+
+    def add_explanations(self, responses: list[dict[str, Any]], data: list[dict[str, Any]],
+                         regions: dict[int, ScoredRegions], scores: dict[int, list[ItemScores]],
+                         indices: list[int]) -> None:
+        """Adds `explanation` (handler.explain) to each scored explanation request's answer, in one Grad-CAM pass.
+
+        The verdict fields stay the served model's, so an explanation's probability is the prediction's.
+
+        Raises:
+            PredictionException: Grad-CAM failed (507 when out of memory, else 503), as a failed forward pass does.
+
+        """
+        explained = [index for index in indices if index in scores]  # refused and failed items have no scores
+        if not explained:
+            return
+        assert self.metadata is not None and self.explain_model is not None, "refused in explain_requests otherwise"
+        started = time.perf_counter()
+        inputs = [tensor for index in explained for tensor in regions[index].inputs]
+        try:
+            cams = grad_cam(self.explain_model, inputs, self.metadata.fake_index, self.device,
+                            self.explain_config.chunk_size)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a status TorchServe can answer with
+            logger.exception("Grad-CAM failed on %d model inputs", len(inputs))
+            raise forward_failure(error, len(explained), self.device, inputs=len(inputs)) from error
+        layer = (self.metadata.explain or {}).get("layer") or DEFAULT_LAYER
+        margin = self.face_config.margin if self.face_config is not None else 0.0
+        start = 0
+        for index in explained:
+            count = len(regions[index].inputs)
+            size = upright_size(image_bytes_from_row(data[index], self._request_headers(index)).data)
+            boxes = region_boxes(regions[index], size, margin)
+            responses[index]["explanation"] = explanation(cams[start:start + count], boxes, scores[index], size,
+                                                          layer, self.explain_config)
+            start += count
+        explain_ms = round((time.perf_counter() - started) * 1000.0, 3)
+        for index in explained:
+            responses[index]["timing_ms"] = {**responses[index]["timing_ms"], "explain": explain_ms}
 
     def describe_handle(self) -> dict[str, Any]:
         """What `GET /models/NAME?customized=true` (scripts/ops describe --handler-info) shows operators.
@@ -358,6 +476,19 @@ class DeepfakeHandler(BaseHandler):
             "optimization": self.serving.optimization,
             "precision": self.serving.precision,
             "cpu_cores": available_cores(),  # with torch_threads, lets ops warn when workers oversubscribe
+            "explanations": {
+                "available": self.explain_model is not None,
+                "method": "grad-cam" if self.explain_model is not None else None,
+                "export": self.metadata.explain,  # metadata.json's word, with the reason when there is none
+            },
+            "video": {
+                "frames": self.video_config.frames,
+                "aggregation": {"rule": "top_k_mean", "top_fraction": self.video_config.top_fraction},
+                "max_seconds": self.video_config.max_seconds,
+                "max_frames": self.video_config.max_frames,
+                "max_bytes": self.video_config.max_bytes,
+                "max_batch_inputs": self.settings.max_batch_inputs,
+            },
             "faces": {
                 "mode": self.settings.faces,
                 "face_model": self.metadata.faces is not None,
@@ -383,6 +514,7 @@ class DeepfakeHandler(BaseHandler):
             return [self.describe_handle()]
         started = time.perf_counter()
         options, refused = self.read_options(data)
+        explaining = self.explain_requests(data, refused)
         regions, errors = self.regions(data, refused)
         batch = self.model_batch(regions)
         preprocessed = time.perf_counter()
@@ -405,6 +537,12 @@ class DeepfakeHandler(BaseHandler):
         timing = {"preprocess": preprocess_ms, "inference": inference_ms, "batch_size": len(data),
                   "model_inputs": 0 if batch is None else len(batch)}
         responses = self.postprocess(scores, regions, errors, timing, options)
+        if explaining:
+            try:
+                self.add_explanations(responses, data, regions, scores, explaining)
+            except PredictionException as failure:
+                self._count_failed_batch(len(data), preprocess_ms, failure)
+                raise
         self._count(responses, preprocess_ms, inference_ms if batch is not None else None)
         return responses
 

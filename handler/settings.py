@@ -14,6 +14,7 @@ from typing import Any
 
 from handler.faces import FaceConfig
 from handler.torchscript import OPTIMIZATIONS, PRECISIONS, ServingOptions
+from handler.video import MAX_VIDEO_FRAMES, VideoConfig
 
 SECTION = "handler"
 # `faces:` values. auto: find faces when the model was trained on face crops (metadata.json has `faces`), score
@@ -21,6 +22,11 @@ SECTION = "handler"
 FACE_MODES = ("auto", "on", "off")
 # 6 MiB: a large phone photo; as base64 JSON (8 MiB) it still fits the shipped max_request_size of 9 MiB.
 DEFAULT_MAX_UPLOAD_BYTES = 6 * 2**20
+# 6 MiB, as for images: about 5-10 s of phone video (5-10 Mbit/s). The frontend's max_request_size (9 MiB) and its
+# memory (config/production.properties: concurrent uploads x max_request_size x 3) were measured for this size; a
+# larger limit needs max_request_size >= 4/3 of it in every config/*.properties, the proxies' client_max_body_size
+# and a larger JVM heap (docs/VIDEO.md, "Limits").
+DEFAULT_VIDEO_MAX_BYTES = DEFAULT_MAX_UPLOAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,14 @@ class HandlerSettings:
         optimization: how the loaded model is prepared (handler.torchscript.OPTIMIZATIONS): frozen and
             channels_last by default, `none` to serve the exported graph as it is.
         precision: fp32 (default), bf16 or fp16 weights and inputs (handler.torchscript.PRECISIONS).
+        video_frames: frames sampled uniformly over a video (handler.video); 1..256.
+        video_top_fraction: a video's score is the mean of its top ceil(fraction x frames scored) frame scores.
+        video_max_seconds: longer videos are refused with 413 video_too_long.
+        video_max_frames: videos with more frames are refused the same way (they bound the decoding work).
+        video_max_bytes: larger video files are refused with 413 video_too_large before decoding; like
+            max_upload_bytes, TorchServe's `max_request_size` must leave room for it as base64 JSON.
+        max_batch_inputs: most model inputs (faces, images, frames) per forward pass: a batch with more is
+            scored in chunks, so a 64-frame video of 3 faces each never allocates one 192-row batch.
 
     """
 
@@ -53,6 +67,12 @@ class HandlerSettings:
     faces: str = "auto"
     optimization: str = "frozen_channels_last"
     precision: str = "fp32"
+    video_frames: int = 16
+    video_top_fraction: float = 0.25
+    video_max_seconds: float = 60.0
+    video_max_frames: int = 3600
+    video_max_bytes: int = DEFAULT_VIDEO_MAX_BYTES
+    max_batch_inputs: int = 64
 
     def __post_init__(self) -> None:
         if self.faces not in FACE_MODES:
@@ -61,6 +81,12 @@ class HandlerSettings:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"handler setting '{name}' must be one of {list(allowed)}, got {value!r}")
+
+    def video_config(self, max_frame_pixels: int) -> VideoConfig:
+        """How this worker samples, limits and judges videos; a frame may have as many pixels as an image."""
+        return VideoConfig(frames=self.video_frames, top_fraction=self.video_top_fraction,
+                           max_seconds=self.video_max_seconds, max_frames=self.video_max_frames,
+                           max_bytes=self.video_max_bytes, max_frame_pixels=max_frame_pixels)
 
     def serving_options(self) -> ServingOptions:
         """How the worker prepares and feeds the model."""
@@ -119,12 +145,30 @@ class HandlerSettings:
         for name in ("optimization", "precision"):
             if name in section:
                 values[name] = section[name]  # checked by __post_init__
+        for name in ("video_frames", "video_max_frames", "video_max_bytes", "max_batch_inputs"):
+            if name in section:
+                values[name] = _whole_number(name, section[name], minimum=1)
+        if "video_frames" in values and values["video_frames"] > MAX_VIDEO_FRAMES:
+            raise ValueError(f"handler setting 'video_frames' must be at most {MAX_VIDEO_FRAMES}, got "
+                             f"{values['video_frames']}")
+        if "video_top_fraction" in section:
+            values["video_top_fraction"] = _probability("video_top_fraction", section["video_top_fraction"])
+            if values["video_top_fraction"] == 0.0:
+                raise ValueError("handler setting 'video_top_fraction' must be above 0, got 0")
+        if "video_max_seconds" in section:
+            values["video_max_seconds"] = _positive("video_max_seconds", section["video_max_seconds"])
         return cls(**values)
 
 
 def _is_number(value: Any) -> bool:
     # bool is an int subclass; `true` in a numeric setting is a mistake, not 1.
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _positive(name: str, value: Any) -> float:
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise ValueError(f"handler setting '{name}' must be a number above 0, got {value!r}")
+    return float(value)
 
 
 def _probability(name: str, value: Any) -> float:

@@ -21,18 +21,27 @@ ERROR_STATUS = {
     "payload_too_large": 413,
     "not_an_image": 415,
     "non_finite_score": 500,
+    # Videos (handler.video): too long, too large a file or too large frames say what to change; a video
+    # that cannot be read (unreadable_video) is a plain 400, like a corrupt image.
+    "video_too_long": 413,
+    "video_too_large": 413,
+    "video_frame_too_large": 413,
+    "explanations_unavailable": 501,  # the model was exported without model.explain.pt: the server cannot, yet
 }
 DEFAULT_ERROR_STATUS = 400
 STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type",
-                  500: "Internal Server Error"}
-# What `accepted` says, per error code; {formats}, {pixels}, {side}, {bytes} and {mib} are filled in from the
-# worker's InputLimits. Codes about how the image was sent list the three input forms; codes about the file
-# list the formats and limits; an option error lists the option's values.
+                  500: "Internal Server Error", 501: "Not Implemented"}
+# What `accepted` says, per error code; {formats}, {pixels}, {side}, {bytes}, {mib} and the {video_*} limits are
+# filled in from the worker's InputLimits. Codes about how the image was sent list the three input forms; codes
+# about the file list the formats and limits; an option error lists the option's values.
 FORMATS = "JPEG, PNG, WebP, BMP, TIFF or GIF (first frame)"
 INPUT_FORMS = ("One image per request, as the raw request body, as a multipart file field (any name; 'data' is "
                "read first) or as JSON {{\"data\": \"<base64>\"}} (keys data, body, file, image, b64; a data: URL "
                "is fine): a {formats} file of at most {bytes} bytes and {pixels} pixels.")
 FILE_RULES = "A complete, undamaged {formats} file of at most {bytes} bytes ({mib} MiB) and {pixels} pixels."
+VIDEO_FORMATS = "MP4, MOV, WebM or AVI"
+VIDEO_RULES = ("A complete {video_formats} video of at most {video_bytes} bytes ({video_mib} MiB), {video_seconds} "
+               "seconds and {video_frames} frames, whose frames have at most {pixels} pixels; or an image.")
 ACCEPTED = {
     "empty_input": INPUT_FORMS,
     "missing_image": INPUT_FORMS,
@@ -49,6 +58,17 @@ ACCEPTED = {
                        "/{{model}}/predict."),
     "non_finite_score": ("Nothing to change in the request: the model failed on this image; the operators have "
                          "the log."),
+    "unreadable_video": VIDEO_RULES,
+    "video_too_long": ("Videos of at most {video_seconds} seconds and {video_frames} frames; trim longer ones to "
+                       "the part to judge."),
+    "video_too_large": ("Video files of at most {video_bytes} bytes ({video_mib} MiB), sent raw, as a multipart file "
+                        "or as base64 JSON (which adds a third); trim or re-encode larger ones."),
+    "video_frame_too_large": ("Videos whose frames have at most {pixels} pixels (e.g. {side}x{side}); downscale "
+                              "larger ones before sending."),
+    "explanations_unavailable": ("Predictions (/predictions/{{model}}) work as usual; explanations need a model "
+                                 "exported with model.explain.pt (re-export and re-package it: docs/EXPLANATIONS.md)."),
+    "explanation_needs_image": ("Explanations take one image ({formats}); send a video to /predictions/{{model}} "
+                                "for its per-frame timeline, or a frame of it as an image."),
 }
 DEFAULT_ACCEPTED = INPUT_FORMS
 
@@ -60,18 +80,26 @@ class InputLimits:
     Attributes:
         max_image_pixels: decoded width x height (metadata.json, or model-config.yaml's handler setting).
         max_upload_bytes: bytes of the image file (model-config.yaml's handler setting).
+        max_video_bytes: bytes of a video file (handler setting video_max_bytes).
+        max_video_seconds: length of a video (video_max_seconds).
+        max_video_frames: frames of a video (video_max_frames).
 
     """
 
     max_image_pixels: int = 40_000_000
     max_upload_bytes: int = 6 * 2**20
+    max_video_bytes: int = 6 * 2**20
+    max_video_seconds: float = 60.0
+    max_video_frames: int = 3600
 
 
 def accepted(code: str, limits: InputLimits) -> str:
     """One sentence: the forms, formats and limits (or option values) that would have been accepted."""
     return ACCEPTED.get(code, DEFAULT_ACCEPTED).format(
         formats=FORMATS, pixels=limits.max_image_pixels, side=int(limits.max_image_pixels ** 0.5),
-        bytes=limits.max_upload_bytes, mib=f"{limits.max_upload_bytes / 2**20:g}")
+        bytes=limits.max_upload_bytes, mib=f"{limits.max_upload_bytes / 2**20:g}", video_formats=VIDEO_FORMATS,
+        video_bytes=limits.max_video_bytes, video_mib=f"{limits.max_video_bytes / 2**20:g}",
+        video_seconds=f"{limits.max_video_seconds:g}", video_frames=limits.max_video_frames)
 
 
 # Said when a face model found no face and scored the whole image instead: the verdict then comes from input

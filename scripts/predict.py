@@ -1,4 +1,4 @@
-"""Sends image files or folders to a running TorchServe and writes one record per file (JSON, JSON lines or CSV).
+"""Sends images, videos or folders of them to a running TorchServe; writes one record per file (JSON, JSONL or CSV).
 
 A REST client for /predictions/MODEL[/VERSION]: folders are searched recursively for images, requests
 run on a thread pool (one HTTP session per thread), and a summary (errors by code, client latency
@@ -8,11 +8,14 @@ A server that answers 503 (its request queue is full) or 507 (a worker out of re
 after an exponential backoff with jitter, or after the Retry-After a proxy in front of it sends, up to
 --retries times; what is still refused then is reported as "server busy", not in TorchServe's words
 (which blame missing workers for a full queue).
+A video (MP4, MOV, WebM, AVI) goes to the same endpoint with its own media type; its record adds how many
+frames were scored and a compact timeline ("time_s:probability_fake" per sampled frame, docs/VIDEO.md).
 
 Usage:
-    python -m scripts.predict IMAGE_OR_FOLDER [...] [--url http://127.0.0.1:8080] [--model deepfake]
+    python -m scripts.predict IMAGE_VIDEO_OR_FOLDER [...] [--url http://127.0.0.1:8080] [--model deepfake]
         [--version 1.0] [--send raw|multipart|json] [--uncalibrated] [--concurrency 4]
         [--token KEY | --key-file RUN_DIR/key_file.json] [--format json|jsonl|csv] [--out FILE] [--retries 3]
+        [--explain [--overlay-dir DIR]]   # Grad-CAM: /explanations/MODEL; DIR/<name>.explain.png = image + heat map
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from scripts.serve import api_key
@@ -46,6 +50,9 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_MODEL = "deepfake"
 TOKEN_ENV = "TS_INFERENCE_TOKEN"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+# Videos the handler accepts (handler/video.py), with the media type each is sent as.
+VIDEO_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm", ".avi": "video/x-msvideo"}
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | frozenset(VIDEO_TYPES)
 SEND_MODES = ("raw", "multipart", "json")
 OUTPUT_FORMATS = ("json", "jsonl", "csv")
 MULTIPART_FIELD = "data"  # the field name the handler looks for first (handler/request_body.py)
@@ -81,6 +88,8 @@ class ClientConfig:
         retries: how many times a file answered 503 or 507 is sent again.
         retry_base_seconds: the first backoff; each further one doubles, with a random factor in [0.5, 1].
         retry_max_seconds: cap on one wait, a server's Retry-After included.
+        explain: ask /explanations/MODEL (the verdict plus a Grad-CAM heat map, docs/EXPLANATIONS.md) instead.
+        overlay_dir: with explain, write each image with its heat map drawn over it to DIR/<file stem>.explain.png.
 
     """
 
@@ -95,11 +104,13 @@ class ClientConfig:
     retries: int = 3
     retry_base_seconds: float = 0.5
     retry_max_seconds: float = 30.0
+    explain: bool = False
+    overlay_dir: Path | None = None
 
     @property
     def endpoint(self) -> str:
-        """The prediction URL, with the model version when one is asked for."""
-        path = f"{self.url.rstrip('/')}/predictions/{self.model}"
+        """The prediction (or explanation) URL, with the model version when one is asked for."""
+        path = f"{self.url.rstrip('/')}/{'explanations' if self.explain else 'predictions'}/{self.model}"
         return f"{path}/{self.version}" if self.version else path
 
 
@@ -118,6 +129,9 @@ class PredictionRecord:
     error_code: str | None = None
     error_message: str | None = None
     latency_ms: float | None = None
+    scored: str | None = None  # faces, whole_image_no_face, whole_image, or video
+    video_frames_scored: int | None = None  # videos only
+    video_timeline: str | None = None  # videos only: "time_s:probability_fake" per scored frame, in time order
 
     @property
     def ok(self) -> bool:
@@ -141,8 +155,8 @@ class RunResult:
 
 
 def is_image_file(path: Path) -> bool:
-    """True for a file whose extension (any case) is one of IMAGE_EXTENSIONS."""
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    """True for a file whose extension (any case) is an image's or a video's (MEDIA_EXTENSIONS)."""
+    return path.is_file() and path.suffix.lower() in MEDIA_EXTENSIONS
 
 
 def find_images(inputs: Iterable[Path]) -> list[Path]:
@@ -160,7 +174,7 @@ def find_images(inputs: Iterable[Path]) -> list[Path]:
         if item.is_dir():
             images = sorted(path for path in item.rglob("*") if is_image_file(path))
             if not images:
-                raise PredictError(f"no images ({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}) "
+                raise PredictError(f"no images or videos ({', '.join(sorted(e[1:] for e in MEDIA_EXTENSIONS))}) "
                                    f"in folder {item}")
             found.update(dict.fromkeys(images))
         elif item.is_file():
@@ -200,10 +214,11 @@ def request_arguments(path: Path, data: bytes, send: str, token: str | None,
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if uncalibrated:
         headers[UNCALIBRATED_HEADER] = "true"
-    if send == "raw":
-        return {"data": data, "headers": {**headers, "Content-Type": "application/octet-stream"}}
+    video_type = VIDEO_TYPES.get(path.suffix.lower())
+    if send == "raw":  # the handler goes by the bytes; a video's type is for proxies and logs
+        return {"data": data, "headers": {**headers, "Content-Type": video_type or "application/octet-stream"}}
     if send == "multipart":
-        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        mime = video_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return {"files": {MULTIPART_FIELD: (path.name, data, mime)}, "headers": headers}
     if send == "json":
         return {"json": {"data": base64.b64encode(data).decode("ascii")}, "headers": headers}
@@ -228,11 +243,15 @@ def record_from_answer(path: Path, status: int, body: dict[str, Any], latency_ms
     latency = round(latency_ms, 3)
     if status == 200 and "error" not in body:
         raw = body.get("uncalibrated")
+        video = body.get("video") if isinstance(body.get("video"), dict) else {}
+        timeline = body.get("timeline") if isinstance(body.get("timeline"), list) else None
         return PredictionRecord(
             path=str(path), status=status, label=body.get("label"), probability_fake=body.get("probability_fake"),
             confidence=body.get("confidence"), borderline=body.get("borderline"), calibrated=body.get("calibrated"),
             uncalibrated_probability_fake=raw.get("probability_fake") if isinstance(raw, dict) else None,
-            latency_ms=latency)
+            latency_ms=latency, scored=body.get("scored"), video_frames_scored=video.get("frames_scored"),
+            video_timeline=None if timeline is None else " ".join(
+                f"{entry.get('time_s', 0):g}:{entry.get('probability_fake', 0):.4f}" for entry in timeline))
     error = body.get("error")
     if isinstance(error, dict):
         code, message = str(error.get("code", f"http_{status}")), str(error.get("message", ""))
@@ -322,8 +341,25 @@ def send_file(session: requests.Session, path: Path, config: ClientConfig) -> Pr
             break
         time.sleep(retry_delay(response.headers, attempt, config))  # the backoff itself, not a readiness wait
     latency_ms = (time.perf_counter() - started) * 1000.0
-    record = record_from_answer(path, response.status_code, parse_body(response), latency_ms)
+    body = parse_body(response)
+    record = record_from_answer(path, response.status_code, body, latency_ms)
+    if config.overlay_dir is not None and record.ok and isinstance(body.get("explanation"), dict):
+        save_overlay(data, body["explanation"], config.overlay_dir / f"{path.stem}.explain.png")
     return refusal_record(record, config.retries) if response.status_code in RETRY_STATUSES else record
+
+
+def save_overlay(image: bytes, explanation: Mapping[str, Any], out: Path) -> Path:
+    """Draws an explanation's heat map (an RGBA PNG, handler/explain.py) over the upright image; writes a PNG.
+
+    The heat map has the image's aspect at most 512 px on its long side, so it is stretched to the image's size.
+    """
+    with Image.open(io.BytesIO(image)) as opened:
+        picture = ImageOps.exif_transpose(opened).convert("RGBA")
+    with Image.open(io.BytesIO(base64.b64decode(explanation["heatmap_png"]))) as heat:
+        overlay = heat.convert("RGBA").resize(picture.size, Image.Resampling.BILINEAR)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.alpha_composite(picture, overlay).convert("RGB").save(out, format="PNG", optimize=True)
+    return out
 
 
 def predict_file(path: Path, url: str = DEFAULT_URL, model: str = DEFAULT_MODEL,
@@ -485,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
-                        help=f"image files, or folders searched recursively for {', '.join(sorted(IMAGE_EXTENSIONS))}")
+                        help=f"image or video files, or folders searched recursively for "
+                             f"{', '.join(sorted(MEDIA_EXTENSIONS))}")
     parser.add_argument("--url", default=DEFAULT_URL,
                         help=f"base URL of TorchServe's inference API (default {DEFAULT_URL})")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
@@ -496,6 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uncalibrated", action="store_true",
                         help=f"also ask for the model's raw softmax ({UNCALIBRATED_HEADER}: true header); "
                              f"the verdict stays calibrated")
+    parser.add_argument("--explain", action="store_true",
+                        help="ask /explanations/MODEL: the verdict plus a Grad-CAM heat map (images only)")
+    parser.add_argument("--overlay-dir", type=Path, default=None,
+                        help="with --explain: write each image with its heat map over it to DIR/<name>.explain.png")
     parser.add_argument("--concurrency", type=int, default=1, help="parallel requests (default 1)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer (default 60)")
     parser.add_argument("--retries", type=int, default=ClientConfig.retries,
@@ -520,7 +561,8 @@ def main(argv: list[str] | None = None) -> None:
         paths = find_images(args.inputs)
         config = ClientConfig(url=args.url, model=args.model, version=args.version, send=args.send,
                               uncalibrated=args.uncalibrated, concurrency=args.concurrency, timeout=args.timeout,
-                              token=read_token(args.token, args.key_file), retries=args.retries)
+                              token=read_token(args.token, args.key_file), retries=args.retries,
+                              explain=args.explain or args.overlay_dir is not None, overlay_dir=args.overlay_dir)
         with tqdm(total=len(paths), unit="file", file=sys.stderr,
                   disable=args.quiet or not sys.stderr.isatty()) as progress:
             result = run_predictions(paths, config, on_done=lambda _: progress.update())

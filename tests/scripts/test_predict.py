@@ -155,7 +155,8 @@ def test_csv_has_a_header_and_one_row_per_record():
                PredictionRecord(path="b.jpg", status=None, error_code="timeout", error_message="read timed out")]
     rows = list(csv.DictReader(io.StringIO(format_records(records, "csv"))))
     assert list(rows[0]) == ["path", "status", "label", "probability_fake", "confidence", "borderline", "calibrated",
-                             "uncalibrated_probability_fake", "error_code", "error_message", "latency_ms"]
+                             "uncalibrated_probability_fake", "error_code", "error_message", "latency_ms", "scored",
+                             "video_frames_scored", "video_timeline"]
     assert [(r["path"], r["status"], r["error_code"]) for r in rows] == [("a.jpg", "200", ""), ("b.jpg", "", "timeout")]
     assert [json.loads(line)["path"] for line in format_records(records, "jsonl").splitlines()] == ["a.jpg", "b.jpg"]
 
@@ -196,6 +197,35 @@ def test_folder_with_a_corrupt_file_gives_csv_records_summary_and_exit_code_1(to
     summary = completed.stderr.strip().splitlines()[-1]
     assert summary.startswith("predict: 7 files, 6 ok, 1 errors (corrupt_image 1); latency p50 "), summary
     assert re.search(r"p95 [\d.]+ ms; [\d.]+ requests/s; wall [\d.]+ s; concurrency 3$", summary), summary
+
+
+def test_videos_are_sent_as_video_and_recorded_with_their_timeline(tmp_path):
+    assert request_arguments(tmp_path / "a.MP4", b"v", "raw", None)["headers"]["Content-Type"] == "video/mp4"
+    assert request_arguments(tmp_path / "a.webm", b"v", "multipart", None)["files"]["data"][2] == "video/webm"
+    assert request_arguments(tmp_path / "a.jpg", b"i", "raw", None)["headers"]["Content-Type"] == (
+        "application/octet-stream")
+    answer = {"label": "real", "probability_fake": 0.2, "scored": "video", "video": {"frames_scored": 2},
+              "timeline": [{"frame": 0, "time_s": 0.0, "probability_fake": 0.1},
+                           {"frame": 9, "time_s": 1.8, "probability_fake": 0.25}]}
+    record = record_from_answer(tmp_path / "a.mp4", 200, answer, 5.0)
+    assert (record.scored, record.video_frames_scored, record.video_timeline) == ("video", 2, "0:0.1000 1.8:0.2500")
+    image = record_from_answer(tmp_path / "a.jpg", 200, {"label": "real", "scored": "whole_image"}, 5.0)
+    assert (image.scored, image.video_frames_scored, image.video_timeline) == ("whole_image", None, None)
+
+
+@e2e
+def test_a_folder_with_a_video_gets_its_video_record(torchserve, tiny_dataset, tmp_path):
+    from tests.handler.video_files import WEBM, demo_frames, write_video
+
+    (tmp_path / "clip.webm").write_bytes(write_video(demo_frames(tiny_dataset, "real", 6), WEBM, fps=3.0))
+    shutil.copy(tiny_dataset / "real" / "real_00000.jpg", tmp_path / "photo.jpg")
+    completed = run_cli(str(tmp_path), "--url", torchserve.config.inference_url, "--format", "json")
+    assert completed.returncode == 0, completed.stderr
+    video, photo = json.loads(completed.stdout)
+    assert video["path"].endswith("clip.webm") and video["scored"] == "video" and video["video_frames_scored"] == 6
+    assert [float(pair.split(":")[0]) for pair in video["video_timeline"].split()] == pytest.approx(
+        [0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3], abs=1e-5)
+    assert photo["scored"] == "whole_image" and photo["video_timeline"] is None
 
 
 @e2e
