@@ -25,7 +25,7 @@ supervisor first (otherwise it would restart what stop ends).
 
 Usage:
     python -m scripts.serve start [--config dev|production | --properties FILE] [--free-ports]
-                                  [--model-store model_store] [--run-dir build/serve]
+                                  [--model-store model_store] [--workflow-store model_store] [--run-dir build/serve]
                                   [--foreground [--restart on-failure|never] [--max-restarts 5]
                                                 [--restart-window 300] [--restart-backoff 1]]
     python -m scripts.serve status [--run-dir build/serve]
@@ -191,6 +191,12 @@ class ServeConfig:
         echo_output: also copy TorchServe's console output to this process's stdout, line by line. Containers need
             it: `docker logs` and `kubectl logs` read PID 1's stdout, not run_dir/torchserve.out. Only for a
             foreground server (this process must outlive TorchServe to keep draining the pipe).
+        overrides: properties set over the base file's (before ports and paths are filled in), for a run that
+            differs in a value or two: the browser tests allow their page's origin on a free port
+            (cors_allowed_origin) without a second copy of the properties file.
+        workflow_store: folder of .war files (TorchServe's --workflow-store), for workflows registered through
+            the management API (POST /workflows?url=NAME.war, scripts/package_workflow.py); None = no workflows.
+            With workflows only, `models` may be empty: the server is then ready once /ping answers.
 
     """
 
@@ -203,6 +209,8 @@ class ServeConfig:
     ready_poll_seconds: float = 0.2
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     echo_output: bool = False
+    overrides: dict[str, str] = field(default_factory=dict)
+    workflow_store: Path | None = None
 
     @property
     def inference_url(self) -> str:
@@ -308,7 +316,7 @@ def runtime_properties(config: ServeConfig) -> dict[str, str]:
     production inference API) and takes its port from config.ports. `{model_store}` in
     allowed_urls becomes this run's absolute model store, as a regex.
     """
-    values = read_properties(config.properties)
+    values = {**read_properties(config.properties), **config.overrides}
     base = config.properties.resolve().parent
     for key in PATH_KEYS:
         if key in values and not Path(values[key]).is_absolute():
@@ -443,7 +451,13 @@ def model_workers(config: ServeConfig, model: str) -> list[dict[str, Any]]:
 
 
 def is_ready(config: ServeConfig) -> bool:
-    """Every model has at least one worker and all its workers report READY."""
+    """Every model has at least one worker and all its workers report READY (no models: /ping answers 200)."""
+    if not config.models:  # a server for workflows only: nothing to wait for but the frontend itself
+        try:
+            return requests.get(f"{config.inference_url}/ping", headers=auth_headers(config.run_dir, "inference"),
+                                timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
     for model in config.models:
         workers = model_workers(config, model)
         if not workers or any(worker.get("status") != "READY" for worker in workers):
@@ -596,8 +610,11 @@ class TorchServe:
             str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ncs",
             "--model-store", str(config.model_store.resolve()),
             "--ts-config", str(properties_file),
-            "--models", *(f"{name}={archive}" for name, archive in config.models.items()),
         ]
+        if config.models:
+            command += ["--models", *(f"{name}={archive}" for name, archive in config.models.items())]
+        if config.workflow_store is not None:
+            command += ["--workflow-store", str(config.workflow_store.resolve())]
         with (run_dir / "torchserve.out").open("ab" if append_output else "wb") as output:
             process = subprocess.Popen(command, cwd=run_dir, env=env,
                                        stdout=subprocess.PIPE if config.echo_output else output,
@@ -1132,6 +1149,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
                         help="runtime config, logs, key_file.json, state (default: %(default)s)")
     parser.add_argument("--model-store", type=Path, default=ServeConfig.model_store)
+    parser.add_argument("--workflow-store", type=Path, default=None,
+                        help="folder of .war workflow archives, registered later with POST /workflows (make ensemble)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--config", choices=sorted(CONFIGS), help="named config (default: dev)")
     which.add_argument("--properties", type=Path, help="a config.properties of your own")
@@ -1168,7 +1187,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.log_stdout and not args.foreground:
             parser.error("--log-stdout needs --foreground (this process copies the output while TorchServe runs)")
         server = TorchServe(ServeConfig(run_dir=args.run_dir, model_store=args.model_store, properties=properties,
-                                        ports=ports, restart=policy, echo_output=args.log_stdout))
+                                        ports=ports, restart=policy, echo_output=args.log_stdout,
+                                        workflow_store=args.workflow_store))
         if server.is_running():
             sys.exit(f"TorchServe from {args.run_dir} is already running (pid {server.pid_of_running()}); "
                      f"stop it first: python -m scripts.serve stop")
