@@ -544,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "exponential backoff with jitter or the server's Retry-After (default %(default)s)")
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--token", default=None,
-                      help=f"inference key; without --token or --key-file, ${TOKEN_ENV} is used when set")
+                      help=f"inference key, written --token=KEY (a key may start with '-'); without --token or "
+                           f"--key-file, ${TOKEN_ENV} is used when set")
     auth.add_argument("--key-file", type=Path, default=None,
                       help="TorchServe's key_file.json; its [\"inference\"][\"key\"] is sent")
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default="jsonl", help="one record per file (default jsonl)")

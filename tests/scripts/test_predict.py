@@ -329,7 +329,7 @@ def test_token_auth_refuses_without_a_key_and_accepts_the_inference_key(token_se
 
     assert_one_line_error(run_cli(image, "--url", url), "requires a token", "--key-file")
     assert_one_line_error(run_cli(image, "--url", url, "--token", "wrong"), "refused the token")
-    for args, env in [(["--key-file", str(key_file)], {}), (["--token", inference_key], {}),
+    for args, env in [(["--key-file", str(key_file)], {}), ([f"--token={inference_key}"], {}),
                       ([], {"TS_INFERENCE_TOKEN": inference_key})]:
         completed = run_cli(image, "--url", url, *args, env=env)
         assert completed.returncode == 0, (args, completed.stderr)
