@@ -35,6 +35,10 @@ CONTAINERS = ("mp4", "mov", "webm", "avi")
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # WebM and Matroska
 # ISO BMFF major brands of QuickTime files; every other `ftyp` brand (isom, mp41, mp42, avc1, M4V, 3gp...) is mp4.
 QUICKTIME_BRANDS = (b"qt  ",)
+# ISO BMFF brands of still images (HEIF/HEIC, AVIF): not videos, so they take the image path and get its 415
+# not_an_image with the accepted formats, instead of a misleading unreadable_video.
+STILL_IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1",
+                      b"avif", b"avis")
 # What an answer's aggregation says it did, and what its "scored" says.
 AGGREGATION_RULE = "top_k_mean"
 SCORED_VIDEO = "video"
@@ -51,6 +55,8 @@ def sniff_container(data: bytes) -> str | None:
     WebM is EBML (1A 45 DF A3); AVI is RIFF with form type "AVI ".
     """
     if data[4:8] == b"ftyp":
+        if data[8:12] in STILL_IMAGE_BRANDS:
+            return None
         return "mov" if data[8:12] in QUICKTIME_BRANDS else "mp4"
     if data.startswith(EBML_MAGIC):
         return "webm"

@@ -57,6 +57,14 @@ def test_images_and_other_riff_files_are_not_videos():
     assert sniff_container(b"RIFF\x00\x00\x00\x00WAVEfmt ") is None
 
 
+
+@pytest.mark.parametrize("brand", [b"heic", b"mif1", b"avif"])
+def test_still_image_iso_bmff_files_are_not_videos(brand):
+    # HEIC/AVIF photos share MP4's `ftyp` box: they must reach the image path (415 with the accepted formats).
+    assert sniff_container(b"\x00\x00\x00\x18ftyp" + brand + b"\x00\x00\x00\x00mif1heic") is None
+    assert sniff_container(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2") == "mp4"
+
+
 @pytest.mark.parametrize(("count", "wanted"), [(37, 8), (1000, 16), (16, 16), (5, 16), (2, 2), (9, 1), (3600, 64)])
 def test_sampled_indices_are_uniform_sorted_distinct_and_include_both_ends(count, wanted):
     indices = uniform_indices(count, wanted)
