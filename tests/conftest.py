@@ -6,6 +6,7 @@ Everything is built by the project's own commands into pytest's tmp folders; not
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,31 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_INPUT_SIZE = 64
 BATCH_MODEL = "deepfake_batch6"  # served with batchSize 6 and a long maxBatchDelay: 6 concurrent requests = 1 batch
 BATCH_MODEL_SIZE = 6
+
+
+def link_export(source: Path, destination: Path, ignore: set[str] = frozenset()) -> Path:
+    """A private copy of an export folder whose weight files (*.pt) are hard links, not copies.
+
+    Dozens of tests each need their own export folder; copying two ResNet18 TorchScript files (86 MB)
+    into every one of them wrote gigabytes per run. Weights are only ever read or replaced (unlink, then
+    write), never written in place, so sharing their inodes is safe. Falls back to copying when `source`
+    is on another filesystem.
+    """
+    destination.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.name in ignore:
+            continue
+        target = destination / path.name
+        if path.is_dir():
+            shutil.copytree(path, target)
+        elif path.suffix == ".pt":
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+        else:
+            shutil.copy2(path, target)
+    return destination
 
 
 @pytest.fixture(scope="session")
@@ -85,14 +111,14 @@ def model_store(tiny_export: Path, one_worker_model_config: Path, tmp_path_facto
 def handler_and_context(tiny_export: Path, tmp_path: Path):
     """Builds DeepfakeHandlers initialised on a real ts Context over a copy of the tiny export.
 
-    The context carries config/model-config.yaml (with `handler:` overrides from the call), one
+    The export's weights are hard links (see link_export): replace them through `replace_files`, never by
+    writing into them. The context carries config/model-config.yaml (with `handler:` overrides from the call), one
     RequestProcessor and one request id ("request-<index>") per batch item, as ts.service.Service sets
     them, so per-item statuses can be read back, and a real metrics cache built from config/metrics.yaml,
     so the handler's metrics are emitted as in a worker (as "[METRICS]" log lines of ts.metrics).
     `replace_files` replaces files of the export: None deletes one, a dict is written as JSON, bytes as-is.
     """
-    model_dir = tmp_path / "model"
-    shutil.copytree(tiny_export, model_dir)
+    model_dir = link_export(tiny_export, tmp_path / "model")
 
     def build(batch_size: int, replace_files: dict[str, Any] | None = None, **handler_settings: Any
               ) -> tuple[DeepfakeHandler, Context]:
@@ -151,8 +177,7 @@ def face_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from handler.faces import FaceConfig
     from handler.metadata import METADATA_FILENAME
 
-    folder = tmp_path_factory.mktemp("face_export") / "export"
-    shutil.copytree(tiny_export, folder)
+    folder = link_export(tiny_export, tmp_path_factory.mktemp("face_export") / "export")
     metadata = json.loads((folder / METADATA_FILENAME).read_text())
     metadata["faces"] = FaceConfig().to_dict()
     (folder / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2) + "\n")

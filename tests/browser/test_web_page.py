@@ -3,7 +3,8 @@
 The page must show what TorchServe answers for the same file (checked by posting it directly), the
 model and device the management API describes, the server's error message for a corrupt file, a heat
 map or a clear "unavailable", face boxes over the picture, and a video's timeline that seeks the video.
-Screenshots go to the test's tmp folder; with WEB_SCREENSHOT=1 (`make screenshot`) the 1280x800 one also
+Screenshots go to build/test-output/browser/ (kept after a passing run, unlike tmp folders, so CI can
+publish them and a developer can look); with WEB_SCREENSHOT=1 (`make screenshot`) the 1280x800 one also
 replaces docs/images/web-page.png.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -34,13 +34,14 @@ from handler.metadata import EXPLAIN_FILENAME
 from scripts.package_model import PackageConfig, package_model
 from scripts.serve import Ports, ServeConfig, TorchServe
 from scripts.webapp import WebApp, WebAppConfig
-from tests.conftest import FACE_MODEL
+from tests.conftest import FACE_MODEL, link_export
 from tests.handler.face_images import ONE_FACE_PHOTOS, two_faces
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README_SCREENSHOT = REPO_ROOT / "docs" / "images" / "web-page.png"
+SCREENSHOT_DIR = REPO_ROOT / "build" / "test-output" / "browser"
 SCREENSHOT_ENV = "WEB_SCREENSHOT"  # =1: regenerate README_SCREENSHOT (make screenshot)
 README_SCREENSHOT_MAX_BYTES = 150_000
 DESKTOP, PHONE = (1280, 800), (390, 844)
@@ -52,9 +53,7 @@ WAIT_SECONDS = 90  # the first request to a cold worker on a busy 2-core machine
 def no_explain_archive(tiny_export: Path, model_store: Path, one_worker_model_config: Path,
                        tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny export packaged without model.explain.pt, as an older export would be: it answers explanations 501."""
-    export = tmp_path_factory.mktemp("no_explain") / "export"
-    shutil.copytree(tiny_export, export)
-    (export / EXPLAIN_FILENAME).unlink()
+    export = link_export(tiny_export, tmp_path_factory.mktemp("no_explain") / "export", ignore={EXPLAIN_FILENAME})
     return package_model(PackageConfig(export_dir=export, model_store=model_store, model_name=NO_EXPLAIN_MODEL,
                                        model_config=one_worker_model_config))
 
@@ -138,7 +137,10 @@ def post(server: TorchServe, path: Path, api: str = "predictions", model: str = 
     return requests.post(f"{server.config.inference_url}/{api}/{model}", data=path.read_bytes(), timeout=120)
 
 
-def save_screenshot(driver: WebDriver, path: Path) -> Image.Image:
+def save_screenshot(driver: WebDriver, name: str) -> Image.Image:
+    """Writes the page as SCREENSHOT_DIR/name and returns it."""
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOT_DIR / name
     path.write_bytes(base64.b64decode(driver.get_screenshot_as_base64()))
     return Image.open(path)
 
@@ -167,7 +169,7 @@ def face_video(faces_dir: Path, folder: Path) -> Path:
     return path
 
 
-def test_image_verdict_model_info_heat_map_and_screenshots(served_page, browser, tiny_dataset, tmp_path):
+def test_image_verdict_model_info_heat_map_and_screenshots(served_page, browser, tiny_dataset):
     app, server = served_page
     image = tiny_dataset / "fake" / "fake_00003.jpg"
     expected = post(server, image)
@@ -214,7 +216,7 @@ def test_image_verdict_model_info_heat_map_and_screenshots(served_page, browser,
     assert (shown["x"], shown["y"], shown["width"], shown["height"]) == pytest.approx(
         (picture["x"], picture["y"], picture["width"], picture["height"]), abs=1)
 
-    screenshot = save_screenshot(browser, tmp_path / "web-page-image.png")
+    screenshot = save_screenshot(browser, "web-page-image.png")
     assert screenshot.size == DESKTOP
     if os.environ.get(SCREENSHOT_ENV) == "1":
         README_SCREENSHOT.write_bytes(small_png(screenshot))
@@ -226,7 +228,7 @@ def test_image_verdict_model_info_heat_map_and_screenshots(served_page, browser,
     viewport(browser, PHONE)
     assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]
     assert label.is_displayed()
-    save_screenshot(browser, tmp_path / "web-page-phone.png")
+    save_screenshot(browser, "web-page-phone.png")
     assert javascript_errors(browser) == []
 
 
@@ -260,7 +262,7 @@ def test_corrupt_file_shows_the_servers_error(served_page, browser, tmp_path):
     shown = text(browser, "error")
     assert error["message"] in shown and error["accepted"] in shown and error["code"] in shown
     assert not browser.find_element(By.ID, "verdict").is_displayed()
-    save_screenshot(browser, tmp_path / "web-page-error.png")
+    save_screenshot(browser, "web-page-error.png")
 
 
 def test_unreachable_torchserve_is_named(browser, tmp_path):
@@ -310,7 +312,7 @@ def test_face_boxes_are_drawn_over_the_image(served_page, browser, face_photos_d
             "        alpha(arguments[0] + arguments[2] / 2, arguments[1] + arguments[3] / 2)];",
             x, y, w, h, width, height)
         assert left_edge > 200 and centre == 0, face
-    save_screenshot(browser, tmp_path / "web-page-faces.png")
+    save_screenshot(browser, "web-page-faces.png")
 
 
 def test_video_timeline_seek_and_frame_boxes(served_page, browser, face_photos_dir, tmp_path):
@@ -343,5 +345,5 @@ def test_video_timeline_seek_and_frame_boxes(served_page, browser, face_photos_d
                 if d.find_element(By.ID, "overlay").get_attribute("data-boxes") != "0" else None
                 ) == str(len(entry["faces"]))
     assert "current" in points[index].get_attribute("class")
-    save_screenshot(browser, tmp_path / "web-page-video.png")
+    save_screenshot(browser, "web-page-video.png")
     assert javascript_errors(browser) == []

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from scripts.ops import ManagementClient, Target
 from scripts.package_model import PackageConfig, package_model
 from scripts.predict import ClientConfig, run_predictions
 from scripts.serve import TorchServe
+from tests.conftest import link_export
 from tests.handler.face_images import encode
 from tests.handler.test_handler_served import post
 
@@ -40,8 +40,7 @@ PREDICTION_FIELDS = ("label", "probability_fake", "confidence", "probabilities",
 def no_explain_model(torchserve: TorchServe, tiny_export: Path, one_worker_model_config: Path,
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The tiny export packaged without model.explain.pt (an export from before explanations), registered."""
-    export = tmp_path_factory.mktemp("no_explain") / "export"
-    shutil.copytree(tiny_export, export, ignore=shutil.ignore_patterns(EXPLAIN_FILENAME))
+    export = link_export(tiny_export, tmp_path_factory.mktemp("no_explain") / "export", ignore={EXPLAIN_FILENAME})
     archive = package_model(PackageConfig(export_dir=export, model_store=torchserve.config.model_store,
                                           model_name=NO_EXPLAIN_MODEL, model_config=one_worker_model_config))
     client = ManagementClient(Target(url=torchserve.config.management_url, model_store=torchserve.config.model_store))

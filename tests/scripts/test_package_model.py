@@ -1,11 +1,11 @@
 import json
-import shutil
 import zipfile
 
 import pytest
 import yaml
 
 from scripts.package_model import PackageConfig, package_model
+from tests.conftest import link_export
 
 
 def test_mar_holds_model_metadata_config_and_the_handler_package(model_store):
@@ -33,8 +33,7 @@ def test_mar_carries_the_explain_model_byte_for_byte(model_store, tiny_export):
 
 
 def test_an_export_without_the_explain_model_still_packages(tiny_export, one_worker_model_config, tmp_path):
-    export = tmp_path / "export"
-    shutil.copytree(tiny_export, export, ignore=shutil.ignore_patterns("model.explain.pt"))
+    export = link_export(tiny_export, tmp_path / "export", ignore={"model.explain.pt"})
     mar = package_model(PackageConfig(export_dir=export, model_store=tmp_path / "store",
                                       model_config=one_worker_model_config))
     with zipfile.ZipFile(mar) as archive:
