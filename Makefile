@@ -13,11 +13,15 @@ setup:  ## create .venv with the pinned packages (fast when nothing changed)
 demo: setup  ## demo data → train → export → .mar → TorchServe → two predictions (server keeps running)
 	$(PYTHON) -m scripts.demo
 
+# When pytest dies in native code (no report of its own), name the test it was running (tests/conftest.py).
+NAME_CRASHED_TEST = || { status=$$?; test ! -f build/test-output/running-test || \
+	echo "pytest died (exit $$status) while running $$(cat build/test-output/running-test)" >&2; exit $$status; }
+
 test: setup  ## the whole test suite, end-to-end tests included
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest $(NAME_CRASHED_TEST)
 
 test-fast: setup  ## the suite without the slow (minutes-long) tests
-	$(PYTHON) -m pytest -m "not slow"
+	$(PYTHON) -m pytest -m "not slow" $(NAME_CRASHED_TEST)
 
 bench: setup  ## training throughput: real data pipeline vs bare loop (docs/BENCHMARKS.md)
 	$(PYTHON) -m benchmarks.train_throughput

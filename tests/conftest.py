@@ -29,6 +29,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_INPUT_SIZE = 64
 BATCH_MODEL = "deepfake_batch6"  # served with batchSize 6 and a long maxBatchDelay: 6 concurrent requests = 1 batch
 BATCH_MODEL_SIZE = 6
+RUNNING_TEST_FILE = REPO_ROOT / "build" / "test-output" / "running-test"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    RUNNING_TEST_FILE.parent.mkdir(parents=True, exist_ok=True)
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    """Records the test about to run, so `make test` can name it if the interpreter dies in native code.
+
+    A SIGABRT or SIGSEGV inside torch, OpenCV or gRPC kills pytest before it reports anything, and CI logs
+    often keep only the tail of faulthandler's dump, which is pytest's own frames.
+    """
+    RUNNING_TEST_FILE.write_text(nodeid + "\n")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    RUNNING_TEST_FILE.unlink(missing_ok=True)
 
 
 def link_export(source: Path, destination: Path, ignore: set[str] = frozenset()) -> Path:
