@@ -11,6 +11,7 @@ says why (docs/EXPLANATIONS.md).
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from handler.explain import EXPLAIN_METHOD
 from handler.metadata import EXPLAIN_FILENAME, METADATA_FILENAME, METRICS_FILENAME, MODEL_FILENAME, ModelMetadata
 from handler.torchscript import load_torchscript, torchscript_deprecation_silenced
 from training.jsonsafe import write_json
+from training.model_files import save_torchscript, torchscript_bytes, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -102,24 +104,21 @@ def export_explain_model(model: nn.Module, example_batch: torch.Tensor, expected
     if not (callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))):
         return None, {"file": None, "reason": f"{type(model).__name__} has no forward_features/forward_head "
                                               f"(timm's split of backbone and classifier)"}
-    try:
+    try:  # in memory: a model that cannot be traced or reloaded is exported without explanations
         with torch.inference_mode(False), torch.no_grad(), torchscript_deprecation_silenced():
             layer = feature_layer_name(model, example_batch[:1])
-            traced = torch.jit.trace(FeaturesAndLogits(model), example_batch[:1])
-            torch.jit.save(traced, str(path))
-            logits, features = load_torchscript(path, torch.device("cpu"))(example_batch)
+            serialized = torchscript_bytes(torch.jit.trace(FeaturesAndLogits(model), example_batch[:1]))
+            logits, features = torch.jit.load(io.BytesIO(serialized), map_location="cpu").eval()(example_batch)
     except Exception as error:  # noqa: BLE001 - explanations are optional: any failure exports without them
-        path.unlink(missing_ok=True)
         return None, {"file": None, "reason": f"tracing forward_features/forward_head failed: {error}"}
     if features.ndim != 4:
-        path.unlink()
         return None, {"file": None, "reason": f"forward_features returns shape {list(features.shape)}, not a "
                                               f"[N, C, H, W] feature map Grad-CAM can weigh"}
     difference = float((logits - expected).abs().max())
     if not difference <= tolerance:
-        path.unlink()
         return None, {"file": None, "reason": f"forward_head(forward_features(x)) differs from forward(x) by "
                                               f"{difference:.3g} (> {tolerance:g})"}
+    write_atomically(path, serialized)  # outside the try: a full disk is an error, not "no explanations"
     return path, {"file": EXPLAIN_FILENAME, "method": EXPLAIN_METHOD, "layer": layer,
                   "feature_map": list(features.shape[1:]), "max_abs_diff": difference}
 
@@ -151,7 +150,7 @@ def export_torchscript(
     model_path = out_dir / MODEL_FILENAME
     with torch.inference_mode(False), torch.no_grad(), torchscript_deprecation_silenced():
         traced = torch.jit.trace(model, example_batch[:1])
-        torch.jit.save(traced, str(model_path))
+        save_torchscript(traced, model_path)
         reloaded = load_torchscript(model_path, torch.device("cpu"))
         expected = model(example_batch)
         actual = reloaded(example_batch)

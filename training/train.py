@@ -56,6 +56,7 @@ from training.faults import FAULTS, FaultPlan, StepSkipper, corrupt_labels, loss
 from training.inference import predict_logits
 from training.metrics import classification_metrics
 from training.model import create_detector, pick_device
+from training.model_files import save_checkpoint
 from training.optim import MixedPrecision, build_optimizer, build_scheduler, resolve_mixed_precision
 from training.prepare import read_face_config
 from training.pseudo_fakes import PseudoFakeMaker, split_with_twins
@@ -274,8 +275,8 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
                   f"accuracy {metrics['accuracy']:.3f}, ROC AUC {metrics['roc_auc']:.4f}"
                   f"{'  (best so far, saved)' if improved else ''}", flush=True)
             if improved:
-                torch.save({"state_dict": model.state_dict(), "config": config.to_dict(), "epoch": epoch,
-                            "metrics": metrics}, checkpoint_path)
+                save_checkpoint({"state_dict": model.state_dict(), "config": config.to_dict(), "epoch": epoch,
+                                 "metrics": metrics}, checkpoint_path)
             stop = selection.should_stop and epoch < config.epochs  # on the last epoch there is nothing to stop
             if stop:
                 print(f"early stop: no better validation ROC AUC for {selection.stale_epochs} epochs")
