@@ -80,12 +80,19 @@ def served_page(model_store: Path, face_model_archive: Path, no_explain_archive:
     app.stop()
 
 
+# Chromium's own traffic (component updates, sync, field trials, QUIC probes) is off: without these flags it opens
+# connections that a closed network (this machine's, CI's) refuses, many at a time at every start.
+QUIET_CHROMIUM = ("--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-quic", "--no-first-run", "--disable-gpu")
+
+
 @pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     options = Options()
     options.binary_location = "/usr/bin/chromium"
+    profile = tmp_path_factory.mktemp("chromium_profile")  # a new empty profile: nothing from an earlier run
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--hide-scrollbars",
-                     f"--window-size={DESKTOP[0]},{DESKTOP[1]}"):
+                     f"--window-size={DESKTOP[0]},{DESKTOP[1]}", f"--user-data-dir={profile}", *QUIET_CHROMIUM):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read by javascript_errors
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
