@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from handler.metadata import METADATA_FILENAME, ModelMetadata
 from scripts.predict import (
     QUEUE_FULL_MARKER,
     TOKEN_ENV,
@@ -176,7 +177,8 @@ def test_missing_file_and_empty_folder_are_one_line_errors(tmp_path):
 
 
 @e2e
-def test_folder_with_a_corrupt_file_gives_csv_records_summary_and_exit_code_1(torchserve, image_folder):
+def test_folder_with_a_corrupt_file_gives_csv_records_summary_and_exit_code_1(torchserve, image_folder, tiny_export):
+    threshold = ModelMetadata.load(tiny_export / METADATA_FILENAME).threshold
     completed = run_cli(str(image_folder), "--url", torchserve.config.inference_url, "--format", "csv",
                         "--concurrency", "3")
     assert completed.returncode == 1, completed.stderr
@@ -191,8 +193,10 @@ def test_folder_with_a_corrupt_file_gives_csv_records_summary_and_exit_code_1(to
         # Independent check: the same file sent with one plain request gets the same verdict.
         status, body = predict_file(next(p for p in expected_paths if p.name == name), torchserve.config.inference_url)
         assert status == 200 and row["status"] == "200" and row["error_code"] == ""
-        assert row["label"] == body["label"] and row["calibrated"] == str(body["calibrated"])
+        assert row["calibrated"] == str(body["calibrated"])
         assert float(row["probability_fake"]) == pytest.approx(body["probability_fake"], abs=1e-5)
+        if abs(body["probability_fake"] - threshold) > 1e-5:  # batched rounding may flip a label at the threshold
+            assert row["label"] == body["label"]
         assert float(row["latency_ms"]) > 0
     summary = completed.stderr.strip().splitlines()[-1]
     assert summary.startswith("predict: 7 files, 6 ok, 1 errors (corrupt_image 1); latency p50 "), summary
@@ -243,7 +247,8 @@ def test_json_to_a_file_with_allow_errors_exits_0(torchserve, image_folder, tmp_
 
 
 @e2e
-def test_concurrency_4_gives_the_same_probabilities_as_concurrency_1(torchserve, tiny_dataset):
+def test_concurrency_4_gives_the_same_probabilities_as_concurrency_1(torchserve, tiny_dataset, tiny_export):
+    threshold = ModelMetadata.load(tiny_export / METADATA_FILENAME).threshold
     paths = find_images([tiny_dataset])
     config = ClientConfig(url=torchserve.config.inference_url)
     sequential = run_predictions(paths, config)
@@ -253,7 +258,10 @@ def test_concurrency_4_gives_the_same_probabilities_as_concurrency_1(torchserve,
     assert [r.path for r in concurrent.records] == [str(p) for p in paths]
     for one, four in zip(sequential.records, concurrent.records, strict=True):
         assert four.probability_fake == pytest.approx(one.probability_fake, abs=1e-5)
-        assert four.label == one.label
+        # Batching may move a probability by float rounding, and the tiny model's flattened probabilities can sit
+        # that close to the threshold (seen in CI: the labels differed). Away from it, labels follow probabilities.
+        if abs(one.probability_fake - threshold) > 1e-5:
+            assert four.label == one.label == ("fake" if one.probability_fake >= threshold else "real")
 
 
 @e2e
