@@ -350,3 +350,31 @@ def test_from_dict_converts_command_line_strings():
 def test_from_dict_rejects_invalid_values_naming_the_key(values, field):
     with pytest.raises(ValueError, match=field):
         AugmentConfig.from_dict(values)
+
+
+def test_colour_cast_alone_scales_red_and_blue_oppositely_and_keeps_pixels_in_proportion():
+    rgb = np.full((16, 16, 3), 100, np.uint8)
+    config = replace(ALL_OFF, colour_cast_probability=1.0, colour_cast=0.25)
+    ratios = []
+    for seed in range(20):
+        out = augment(config, rgb, seed).astype(float)
+        red, green, blue = out[..., 0].mean(), out[..., 1].mean(), out[..., 2].mean()
+        assert np.ptp(out.reshape(-1, 3), axis=0).max() <= 1  # one gain per channel: a flat image stays flat
+        assert abs(np.log(red / 100)) <= 0.25 + 0.01 and abs(np.log(green / 100)) <= 0.125 + 0.01
+        assert np.log(red / 100) == pytest.approx(-np.log(blue / 100), abs=0.02)  # warm/cool axis
+        ratios.append(red / blue)
+    assert min(ratios) < 0.8 and max(ratios) > 1.25  # both warm and cool casts are drawn
+
+
+def test_colour_cast_off_by_default_and_at_probability_zero():
+    rgb = noisy_gradient(32, 32)
+    assert np.array_equal(augment(ALL_OFF, rgb), rgb)
+    assert np.array_equal(augment(replace(ALL_OFF, colour_cast=0.3), rgb), rgb)
+    assert AugmentConfig().colour_cast_probability == 0.0
+
+
+def test_colour_cast_fires_at_its_probability():
+    rgb = np.full((4, 4, 3), 100, np.uint8)
+    config = replace(ALL_OFF, colour_cast_probability=0.3, colour_cast=0.3)
+    changed = sum(not np.array_equal(augment(config, rgb, seed), rgb) for seed in range(400))
+    assert 0.22 < changed / 400 < 0.38
