@@ -4,12 +4,18 @@ Splitting happens on the real images first (by subject), then each split gets th
 twins of its own reals, so a person's blends never leak into another split. Training twins are
 drawn anew every epoch (more variety than a fixed set); validation and test twins are fixed per
 file, so model selection, calibration and the test report measure the same fakes every time.
+
+Landmark masks (`sbi.mask` landmarks or face_hull) need the face's 68 points: they are found once
+per file (training.landmarks, a few milliseconds) and kept in a small cache, since the same crop is
+blended again every epoch. A face whose points are missing or implausible is blended through the
+ellipse instead, and counted (:class:`LandmarkCache`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +23,65 @@ import torch
 
 from handler.faces import FaceBox, FaceConfig, detect_faces
 from training.dataset import CLASS_NAMES, Sample, relative_key
-from training.sbi import SbiConfig, inner_face_box, rng_for, self_blend
+from training.landmarks import face_landmarks
+from training.sbi import SbiConfig, inner_face_box, needs_landmarks, plausible_landmarks, rng_for, self_blend
 from training.splits import DatasetSplit
 
 FAKE_LABEL = CLASS_NAMES.index("fake")
 REAL_LABEL = CLASS_NAMES.index("real")
+# Files whose landmarks are kept: 68 points are 544 bytes, so the cache stays under 20 MB; larger datasets recompute
+# the least recently blended files' points (a few milliseconds each).
+LANDMARK_CACHE_SIZE = 32768
+
+
+def blend_landmarks(rgb: np.ndarray, box: FaceBox, config: SbiConfig) -> np.ndarray | None:
+    """The 68 points a blend made with `config` needs for the face in `box`, or None.
+
+    None when the mask needs no landmarks, and when training.landmarks finds no face or points that
+    cannot outline this one: the blend then goes through the ellipse (training.sbi.self_blend).
+    """
+    if not needs_landmarks(config):
+        return None
+    points = face_landmarks(rgb, box)
+    return points if plausible_landmarks(points, box) else None
+
+
+class LandmarkCache:
+    """Landmarks per file (least recently used ones dropped first) and how often a blend fell back to the ellipse.
+
+    The counts are of this process: with DataLoader workers, each worker counts its own blends.
+
+    Attributes:
+        capacity: files kept.
+        computed: files whose landmarks were looked up (cache misses).
+        blends: blends that asked for landmarks.
+        fallbacks: of those, blends made through the ellipse because the face had no usable landmarks.
+
+    """
+
+    def __init__(self, capacity: int = LANDMARK_CACHE_SIZE) -> None:
+        self.capacity = capacity
+        self.computed = self.blends = self.fallbacks = 0
+        self._points: OrderedDict[str, np.ndarray | None] = OrderedDict()
+
+    def landmarks(self, key: str, rgb: np.ndarray, box: FaceBox, config: SbiConfig) -> np.ndarray | None:
+        """blend_landmarks for the file `key`, looked up once and then served from the cache; counts the blend."""
+        if key in self._points:
+            self._points.move_to_end(key)
+            points = self._points[key]
+        else:
+            points = blend_landmarks(rgb, box, config)
+            self.computed += 1
+            self._points[key] = points
+            if len(self._points) > self.capacity:
+                self._points.popitem(last=False)
+        self.blends += 1
+        self.fallbacks += points is None
+        return points
+
+    def stats(self) -> dict[str, int]:
+        """The counts, for a training report: {"blends", "fallbacks", "computed"}."""
+        return {"blends": self.blends, "fallbacks": self.fallbacks, "computed": self.computed}
 
 
 @dataclass(frozen=True)
@@ -35,6 +95,7 @@ class PseudoFakeMaker:
         fixed_seed: val/test/evaluation: the same fake for a file every time, from (file, seed); None: a new
             fake at every load, from torch's RNG (seeded per run and per DataLoader worker).
         root: sample paths are keyed relative to this folder, so a moved dataset keeps its fixed fakes.
+        landmarks: the landmark cache and fallback counts of landmark masks (`landmarks.stats()`).
 
     """
 
@@ -42,6 +103,7 @@ class PseudoFakeMaker:
     crop_margin: float | None = None
     fixed_seed: int | None = None
     root: Path | None = None
+    landmarks: LandmarkCache = field(default_factory=LandmarkCache, compare=False, repr=False)
 
     def face_box(self, rgb: np.ndarray) -> FaceBox:
         """Where to blend: the crop's central face, the largest detected face, or the centre when none is found."""
@@ -50,16 +112,22 @@ class PseudoFakeMaker:
         faces = detect_faces(rgb, FaceConfig())
         return faces[0] if faces else inner_face_box(rgb.shape, FaceConfig().margin)
 
+    def key(self, sample: Sample) -> str:
+        """The file's name for fixed fakes and the landmark cache: relative to `root` when given."""
+        return sample.path.as_posix() if self.root is None else relative_key(sample.path, self.root)
+
     def rng(self, sample: Sample) -> np.random.Generator:
         """Fixed per file for evaluation splits, fresh for training."""
         if self.fixed_seed is None:
             return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-        key = sample.path.as_posix() if self.root is None else relative_key(sample.path, self.root)
-        return rng_for(key, self.fixed_seed)
+        return rng_for(self.key(sample), self.fixed_seed)
 
     def __call__(self, rgb: np.ndarray, sample: Sample) -> np.ndarray:
         """The self-blend of `rgb`, the decoded image of the real `sample`."""
-        return self_blend(rgb, self.face_box(rgb), self.config, self.rng(sample))
+        box = self.face_box(rgb)
+        points = self.landmarks.landmarks(self.key(sample), rgb, box, self.config) \
+            if needs_landmarks(self.config) else None
+        return self_blend(rgb, box, self.config, self.rng(sample), points)
 
 
 def twin(sample: Sample) -> Sample:

@@ -6,11 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from handler.faces import FaceConfig, detect_faces
+from handler.faces import FaceBox, FaceConfig, detect_faces
 from handler.forensics import PreprocessConfig, decode_rgb
 from tests.shared_faces import face_crop, face_photo
+from training import pseudo_fakes
 from training.dataset import FaceImageDataset, Sample
-from training.pseudo_fakes import PseudoFakeMaker, split_with_twins, twin, with_twins
+from training.pseudo_fakes import (
+    LandmarkCache,
+    PseudoFakeMaker,
+    blend_landmarks,
+    split_with_twins,
+    twin,
+    with_twins,
+)
 from training.sbi import SbiConfig, inner_face_box
 from training.splits import DatasetSplit, assert_subject_disjoint
 
@@ -107,3 +115,48 @@ def test_the_dataset_serves_a_twin_as_a_fake_tensor_of_the_same_file(crop_file):
     assert torch.equal(fake_tensor, dataset[1][0])  # fixed seed: the same fake every epoch
     with pytest.raises(ValueError, match="pseudo-fakes but no pseudo_fakes maker"):
         FaceImageDataset([twin(real)], preprocess)
+
+
+LANDMARKS = SbiConfig(enabled=True, mask="landmarks")
+
+
+def test_landmark_masks_look_the_landmarks_up_once_per_file(crop_file):
+    rgb = decode_rgb(crop_file.read_bytes())
+    maker = PseudoFakeMaker(LANDMARKS, 0.3, fixed_seed=0, root=crop_file.parent)
+    sample = twin(Sample(crop_file, 0))
+    first = maker(rgb, sample)
+    assert np.array_equal(first, maker(rgb, sample))
+    assert maker.landmarks.stats() == {"blends": 2, "fallbacks": 0, "computed": 1}
+    ellipse = PseudoFakeMaker(SBI, 0.3, fixed_seed=0, root=crop_file.parent)
+    assert not np.array_equal(first, ellipse(rgb, sample))  # the hull, not the ellipse, was pasted
+    assert ellipse.landmarks.stats()["blends"] == 0  # the ellipse never asks for landmarks
+
+
+def test_a_face_without_landmarks_is_blended_through_the_ellipse_and_counted(crop_file, monkeypatch):
+    monkeypatch.setattr(pseudo_fakes, "face_landmarks", lambda rgb, box: None)
+    rgb = decode_rgb(crop_file.read_bytes())
+    sample = twin(Sample(crop_file, 0))
+    maker = PseudoFakeMaker(LANDMARKS, 0.3, fixed_seed=0, root=crop_file.parent)
+    fake = maker(rgb, sample)
+    maker(rgb, sample)
+    assert maker.landmarks.stats() == {"blends": 2, "fallbacks": 2, "computed": 1}
+    assert np.array_equal(fake, PseudoFakeMaker(SBI, 0.3, fixed_seed=0, root=crop_file.parent)(rgb, sample))
+
+
+def test_the_landmark_cache_drops_the_least_recently_used_file(monkeypatch):
+    calls = []
+    monkeypatch.setattr(pseudo_fakes, "blend_landmarks", lambda rgb, box, config: calls.append(rgb) or None)
+    cache = LandmarkCache(capacity=2)
+    box = FaceBox(0, 0, 4, 4)
+    for key in ("a", "b", "a", "c", "a", "b"):  # "b" is dropped when "c" arrives; "a" stays in use
+        cache.landmarks(key, np.zeros((4, 4, 3), np.uint8), box, LANDMARKS)
+    assert len(calls) == cache.computed == 4 and cache.blends == cache.fallbacks == 6
+
+
+def test_blend_landmarks_finds_the_face_points_only_for_landmark_masks(crop_file):
+    rgb = decode_rgb(crop_file.read_bytes())
+    box = inner_face_box(rgb.shape, 0.3)
+    points = blend_landmarks(rgb, box, LANDMARKS)
+    assert points is not None and points.shape == (68, 2)
+    assert box.x < points[30, 0] < box.x + box.width and box.y < points[30, 1] < box.y + box.height  # the nose tip
+    assert blend_landmarks(rgb, box, SBI) is None

@@ -2,10 +2,27 @@ import cv2
 import numpy as np
 import pytest
 
-from handler.faces import FaceConfig, crop_box, detect_faces
+from handler.faces import FaceBox, FaceConfig, crop_box, detect_faces
 from handler.forensics import decode_rgb
 from tests.shared_faces import face_crop, face_photo
-from training.sbi import SbiConfig, face_mask, inner_face_box, rng_for, self_blend
+from training.config import dotted_override, load_config
+from training.landmarks import face_landmarks
+from training.sbi import (
+    BLEND_RATIOS,
+    HULL_PARTS,
+    MASK_MAKERS,
+    SbiConfig,
+    extended_brows,
+    face_mask,
+    forehead_points,
+    hull_polygons,
+    inner_face_box,
+    landmark_mask,
+    plausible_landmarks,
+    rng_for,
+    self_blend,
+    self_blend_with_mask,
+)
 
 PHOTO = "london/L001_neutral.jpg"
 # Every transform off: the copy equals the frame, so the blend must give the image back exactly.
@@ -100,3 +117,89 @@ def test_refuses_what_is_not_a_uint8_rgb_image(crop):
     box = inner_face_box(crop.shape, 0.3)
     with pytest.raises(ValueError, match="uint8 RGB"):
         self_blend(crop.astype(np.float32), box, SbiConfig(), rng_for("x", 0))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Landmark masks
+
+INNER_POINTS = [27, 28, 29, 30, 33, 39, 42, 62, 66]  # nose, inner eye corners, inner lips: inside every hull variant
+
+
+@pytest.fixture(scope="module")
+def points(crop) -> np.ndarray:
+    return face_landmarks(crop, inner_face_box(crop.shape, FaceConfig().margin))
+
+
+def test_the_mask_is_chosen_by_name_from_yaml_or_the_command_line_and_exported():
+    assert SbiConfig().mask == "ellipse" and set(MASK_MAKERS) >= {"ellipse", "landmarks", "face_hull"}
+    config = load_config(None, {"dataset": "d", "output_dir": "o", **dotted_override("sbi.mask", "landmarks")})
+    assert config.sbi.mask == "landmarks" and config.to_dict()["sbi"]["mask"] == "landmarks"
+    assert SbiConfig.from_dict(config.sbi.to_dict()) == config.sbi
+    with pytest.raises(ValueError, match=r"sbi setting 'mask' is unknown: 'hull'; known: \['ellipse', 'face_hull'"):
+        SbiConfig.from_dict({"mask": "hull"})
+
+
+def test_the_landmark_mask_covers_the_face_points_and_is_zero_far_outside(crop, points):
+    extent = float(np.ptp(points, axis=0).max())
+    outline = np.concatenate([points, forehead_points(points, SbiConfig().forehead_lift)])
+    hull = np.zeros(crop.shape[:2], np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.rint(outline).astype(np.int32)), 1)
+    beyond = cv2.distanceTransform(1 - hull, cv2.DIST_L2, 5) / extent  # distance outside the hull, in face sizes
+    rows, columns = np.rint(points[INNER_POINTS, 1]).astype(int), np.rint(points[INNER_POINTS, 0]).astype(int)
+    for seed in range(10):
+        mask = landmark_mask(crop.shape, points, SbiConfig(mask="landmarks"), rng_for("hull", seed))
+        assert mask.dtype == np.float32 and mask.shape == crop.shape[:2]
+        assert min(BLEND_RATIOS) - 1e-6 <= mask.max() <= 1.0
+        assert mask[rows, columns].min() >= 0.8 * mask.max()  # the blend ratio holds over the inner face
+        assert mask[beyond > 0.15].max() < 0.03
+
+
+def test_the_forehead_rises_from_the_brows_away_from_the_chin_and_turns_with_the_head(points):
+    forehead = forehead_points(points, 0.4)
+    assert forehead.shape == (10, 2) and (forehead[:, 1] < points[17:27, 1].min()).all()
+    assert (extended_brows(points)[17:27, 1] < points[17:27, 1]).all()
+    centre = points.mean(axis=0)
+    turn = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), 30.0, 1.0)
+    turned = points @ turn[:, :2].T + turn[:, 2]
+    np.testing.assert_allclose(forehead_points(turned, 0.4), forehead @ turn[:, :2].T + turn[:, 2], atol=1e-3)
+
+
+def test_every_hull_variant_holds_the_nose(points):
+    nose = tuple(float(value) for value in points[30])
+    for variant in HULL_PARTS:
+        polygons = hull_polygons(points, variant, forehead_lift=0.4)
+        assert any(cv2.pointPolygonTest(polygon.reshape(-1, 1, 2), nose, False) > 0 for polygon in polygons)
+
+
+def test_landmark_blends_are_fixed_by_the_generator_and_differ_from_the_ellipse(crop, points):
+    box = inner_face_box(crop.shape, FaceConfig().margin)
+    config = SbiConfig(enabled=True, mask="landmarks")
+    fake, mask = self_blend_with_mask(crop, box, config, rng_for("a.png", 0), points)
+    again, same_mask = self_blend_with_mask(crop, box, config, rng_for("a.png", 0), points)
+    assert np.array_equal(fake, again) and np.array_equal(mask, same_mask)
+    assert not np.array_equal(fake, self_blend(crop, box, config, rng_for("a.png", 1), points))
+    ellipse = self_blend(crop, box, SbiConfig(enabled=True), rng_for("a.png", 0))
+    assert not np.array_equal(fake, ellipse)
+
+
+def test_a_landmark_mask_without_landmarks_falls_back_to_the_ellipse(crop):
+    box = inner_face_box(crop.shape, FaceConfig().margin)
+    for name in ("landmarks", "face_hull"):
+        fallback = self_blend(crop, box, SbiConfig(enabled=True, mask=name), rng_for("b.png", 0), None)
+        assert np.array_equal(fallback, self_blend(crop, box, SbiConfig(enabled=True), rng_for("b.png", 0)))
+
+
+def test_blending_an_unchanged_copy_through_a_landmark_mask_gives_the_image_back(crop, points):
+    box = inner_face_box(crop.shape, FaceConfig().margin)
+    identity = SbiConfig(**{**IDENTITY.to_dict(), "mask": "landmarks"})
+    assert np.array_equal(self_blend(crop, box, identity, rng_for("x", 3), points), crop)
+
+
+def test_implausible_landmarks_are_refused(points):
+    (x, y), (width, height) = points.min(axis=0), np.ptp(points, axis=0)
+    box = FaceBox(int(x), int(y), int(width), int(height))
+    assert plausible_landmarks(points, box)
+    assert not plausible_landmarks(None, box)
+    assert not plausible_landmarks(points + 5 * box.width, box)  # somewhere else
+    assert not plausible_landmarks(points * 0.1 + points.mean(axis=0) * 0.9, box)  # a dot, not a face
+    assert not plausible_landmarks(points[:5], box)
