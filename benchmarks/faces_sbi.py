@@ -85,10 +85,10 @@ def commands(config: BenchmarkConfig) -> dict[str, list[str]]:
     }
 
 
-def check(measured: dict[str, float]) -> dict[str, dict[str, Any]]:
+def check(measured: dict[str, float], targets: dict[str, tuple[str, float]] = TARGETS) -> dict[str, dict[str, Any]]:
     """Each target with its measured value and whether it is met."""
     results = {}
-    for name, (relation, limit) in TARGETS.items():
+    for name, (relation, limit) in targets.items():
         value = measured[name]
         met = {">=": value >= limit, "<=": value <= limit, "<": value < limit}[relation]
         results[name] = {"measured": value, "target": f"{relation} {limit}", "met": bool(met)}

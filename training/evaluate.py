@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -30,17 +29,14 @@ import shlex
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import cv2
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
@@ -58,12 +54,20 @@ from training.dataset import (
     relative_key,
     scan_dataset,
 )
+from training.intervals import auc_interval, rate_intervals
 from training.jsonsafe import write_json
 from training.metrics import classification_metrics, expected_calibration_error
+from training.perturbations import (
+    DEFAULT_PERTURBATIONS,
+    PERTURBATION_GROUPS,
+    PERTURBATIONS,
+    expand_perturbations,
+)
 from training.plots import plot_reliability, plot_roc_curves, plot_score_histogram
 from training.prepare import FACES_FILENAME, PrepareError, read_face_config
+from training.pseudo_fakes import blend_landmarks
 from training.report import package_versions
-from training.sbi import SbiConfig, inner_face_box, rng_for, self_blend
+from training.sbi import SbiConfig, inner_face_box, needs_landmarks, rng_for, self_blend
 
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_MD = "evaluation.md"
@@ -91,53 +95,6 @@ class EvaluationError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Perturbations: applied to the decoded RGB, before face detection and preprocessing, as a degraded upload would be.
-
-
-def jpeg_recompress(rgb: np.ndarray, quality: int) -> np.ndarray:
-    """Re-encodes as JPEG at `quality` with Pillow (4:2:0) and decodes it with serving's decoder: a re-shared photo."""
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
-    return decode_rgb(buffer.getvalue())
-
-
-def downscale(rgb: np.ndarray, factor: float) -> np.ndarray:
-    """Shrinks width and height by `factor` with cv2.INTER_AREA; the model input is then resized as usual."""
-    height, width = rgb.shape[:2]
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-
-
-def gaussian_blur(rgb: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur with standard deviation `sigma` px; OpenCV derives the kernel size from sigma (ksize 0)."""
-    return cv2.GaussianBlur(rgb, (0, 0), sigmaX=sigma, sigmaY=sigma)
-
-
-class Perturbation(NamedTuple):
-    """A named degradation; a tuple whose last item is the description, like the project's other registries.
-
-    Attributes:
-        apply: RGB uint8 [H, W, 3] → RGB uint8 [H', W', 3]; deterministic, so every run sees the same pixels.
-        description: one line for `--help` and the report.
-
-    """
-
-    apply: Callable[[np.ndarray], np.ndarray]
-    description: str
-
-
-# Add your own: PERTURBATIONS["jpeg_q30"] = Perturbation(partial(jpeg_recompress, quality=30), "JPEG quality 30").
-PERTURBATIONS: dict[str, Perturbation] = {
-    "jpeg_q50": Perturbation(partial(jpeg_recompress, quality=50),
-                             "re-encoded as JPEG quality 50 (Pillow, 4:2:0 chroma), as a re-shared photo"),
-    "downscale_0.5": Perturbation(partial(downscale, factor=0.5),
-                                  "shrunk to half width and height (cv2.INTER_AREA); the model resizes as usual"),
-    "blur_sigma1": Perturbation(partial(gaussian_blur, sigma=1.0),
-                                "Gaussian blur, sigma 1 px (cv2.GaussianBlur, kernel size from sigma)"),
-}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Configuration
 
 
@@ -154,7 +111,8 @@ class EvaluationConfig:
         sbi: add one self-blended pseudo-fake per real image (training.sbi), so real-only data can be evaluated.
         faces: a key of :data:`FACE_MODES`.
         group_by: manifest columns to break the metrics down by (plus `split` and `subject` for any layout).
-        perturbations: keys of :data:`PERTURBATIONS` for the robustness rows; empty for none.
+        perturbations: keys of :data:`training.perturbations.PERTURBATIONS` for the robustness and probe rows;
+            empty for none.
         batch_size: model inputs per forward pass.
         seed: fixes the SBI pseudo-fakes and the --limit subset.
         limit: evaluate a seeded random subset of this many files (after --split), for a quick look.
@@ -170,7 +128,7 @@ class EvaluationConfig:
     sbi: bool = False
     faces: str = "auto"
     group_by: tuple[str, ...] = ()
-    perturbations: tuple[str, ...] = tuple(PERTURBATIONS)
+    perturbations: tuple[str, ...] = DEFAULT_PERTURBATIONS
     batch_size: int = 32
     seed: int = 0
     limit: int | None = None
@@ -491,6 +449,7 @@ class ScoringRun:
     items: list[ScoredItem]
     sbi_fakes: int = 0
     sbi_no_face: list[str] = field(default_factory=list)
+    sbi_ellipse_fallbacks: int = 0  # landmark-mask blends made through the ellipse: the face had no usable landmarks
 
 
 def score_samples(data: EvaluationData, detector: ExportedDetector, plan: FacePlan, config: EvaluationConfig,
@@ -524,7 +483,9 @@ def score_samples(data: EvaluationData, detector: ExportedDetector, plan: FacePl
             if box is None:
                 run.sbi_no_face.append(key)
             else:
-                fake = self_blend(rgb, box, sbi, rng_for(sbi_key, config.seed))
+                points = blend_landmarks(rgb, box, sbi)
+                run.sbi_ellipse_fallbacks += needs_landmarks(sbi) and points is None
+                fake = self_blend(rgb, box, sbi, rng_for(sbi_key, config.seed), points)
                 images.append((CLASS_NAMES.index("fake"), True, fake))
                 run.sbi_fakes += 1
         for label, is_sbi, image in images:
@@ -604,6 +565,7 @@ def condition_summary(items: Sequence[ScoredItem], threshold: float) -> dict[str
     summary = score_metrics(labels, calibrated, uncalibrated, threshold)
     summary["no_face_fallbacks"] = sum(item.scored == REGION_NO_FACE for item in items)
     summary["note"] = one_class_note(labels)
+    summary["intervals"] = rate_intervals(labels, calibrated, threshold)
     return summary
 
 
@@ -619,7 +581,9 @@ def robustness_rows(summaries: Mapping[str, Mapping[str, Any]], descriptions: Ma
             "roc_auc_change": summary["roc_auc"] - clean_auc,
             "ece": summary["ece"],
             "fpr_at_threshold": summary["fpr_at_threshold"],
+            "fpr_interval": summary["intervals"]["fpr_at_threshold"],
             "tpr_at_threshold": summary["tpr_at_threshold"],
+            "tpr_interval": summary["intervals"]["tpr_at_threshold"],
             "accuracy": summary["accuracy"],
             "no_face_fallbacks": summary["no_face_fallbacks"],
         })
@@ -648,6 +612,11 @@ def _number(value: Any, digits: int = 4) -> str:
     if isinstance(value, int):
         return str(value)
     return f"{value:.{digits}f}"
+
+
+def _with_interval(value: Any, interval: Sequence[float] | None) -> str:
+    """'0.0323 [0.0089, 0.1099]': the figure and its 95 % interval, or the figure alone when there is none."""
+    return _number(value) + ("" if interval is None else f" [{interval[0]:.4f}, {interval[1]:.4f}]")
 
 
 def _signed(value: Any) -> str:
@@ -684,13 +653,18 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                      + (f"; {counts['sbi_no_face']} real images got no pseudo-fake because no face was found."
                         if report["faces"]["mode"] != "precropped" else "."))
     lines += ["", f"## Headline (calibrated scores, threshold {threshold:.4f})", ""]
-    headline = [("ROC AUC", metrics["roc_auc"]), ("average precision", metrics["average_precision"]),
-                ("accuracy", metrics["accuracy"]), ("precision", metrics["precision"]), ("recall", metrics["recall"]),
-                ("F1", metrics["f1"]), ("EER", metrics["eer"]), ("ECE (15 bins)", metrics["ece"]),
-                ("FPR at threshold", metrics["fpr_at_threshold"]), ("TPR at threshold", metrics["tpr_at_threshold"]),
-                ("ROC AUC, uncalibrated", metrics["uncalibrated_roc_auc"]),
-                ("ECE, uncalibrated", metrics["uncalibrated_ece"])]
-    lines += _table(("metric", "value"), ((name, _number(value)) for name, value in headline))
+    intervals = metrics["intervals"]
+    headline = [("ROC AUC", metrics["roc_auc"], intervals.get("roc_auc")),
+                ("average precision", metrics["average_precision"], None), ("accuracy", metrics["accuracy"], None),
+                ("precision", metrics["precision"], None), ("recall", metrics["recall"], None),
+                ("F1", metrics["f1"], None), ("EER", metrics["eer"], None), ("ECE (15 bins)", metrics["ece"], None),
+                ("FPR at threshold", metrics["fpr_at_threshold"], intervals["fpr_at_threshold"]),
+                ("TPR at threshold", metrics["tpr_at_threshold"], intervals["tpr_at_threshold"]),
+                ("ROC AUC, uncalibrated", metrics["uncalibrated_roc_auc"], None),
+                ("ECE, uncalibrated", metrics["uncalibrated_ece"], None)]
+    lines += _table(("metric", "value [95 % interval]"),
+                    ((name, _with_interval(value, interval)) for name, value, interval in headline))
+    lines += ["", "Intervals: ROC AUC by bootstrap (1000 resamples of each class), rates by Wilson score."]
     (true_negatives, false_positives), (false_negatives, true_positives) = metrics["confusion_matrix"]
     lines += ["", f"Confusion at the threshold: {true_negatives} real kept real, {false_positives} real called fake, "
               f"{false_negatives} fakes missed, {true_positives} fakes caught."]
@@ -701,15 +675,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += _table(("condition", "ROC AUC", "Δ AUC vs clean", "ECE", "FPR at threshold", "TPR at threshold",
                          "no-face fallbacks"),
                         ((row["condition"], _number(row["roc_auc"]), _signed(row["roc_auc_change"]),
-                          _number(row["ece"]), _number(row["fpr_at_threshold"]), _number(row["tpr_at_threshold"]),
-                          str(row["no_face_fallbacks"])) for row in report["robustness"]))
+                          _number(row["ece"]), _with_interval(row["fpr_at_threshold"], row["fpr_interval"]),
+                          _number(row["tpr_at_threshold"]), str(row["no_face_fallbacks"]))
+                         for row in report["robustness"]))
         lines += [""] + [f"- {row['condition']}: {row['description']}" for row in report["robustness"]]
     for column, table in report["groups"].items():
         lines += ["", f"## By {column} (clean)", ""]
         lines += _table((column, "images", "real", "fake", "ROC AUC", "accuracy", "FPR at threshold",
                          "TPR at threshold", "ECE"),
                         ((row["value"], str(row["images"]), str(row["reals"]), str(row["fakes"]),
-                          _number(row["roc_auc"]), _number(row["accuracy"]), _number(row["fpr_at_threshold"]),
+                          _number(row["roc_auc"]), _number(row["accuracy"]),
+                          _with_interval(row["fpr_at_threshold"], row["intervals"]["fpr_at_threshold"]),
                           _number(row["tpr_at_threshold"]), _number(row["ece"])) for row in table))
         notes = [f"- {row['value']}: {row['note']}" for row in table if row["note"]]
         if notes:
@@ -824,6 +800,9 @@ def evaluate(config: EvaluationConfig) -> EvaluationResult:
     conditions = by_condition(run.items)
     summaries = {name: condition_summary(items, threshold) for name, items in conditions.items()}
     clean = conditions[CLEAN]
+    # Bootstrap only where the headline is read: 1000 AUCs per condition and group would dominate the run.
+    clean_labels, clean_scores, _ = _arrays(clean)
+    summaries[CLEAN]["intervals"]["roc_auc"] = auc_interval(clean_labels, clean_scores, seed=config.seed)
     descriptions = {name: PERTURBATIONS[name].description for name in config.perturbations}
     config.output_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(config.output_dir / PLOTS_FOLDER, conditions, threshold)
@@ -847,7 +826,8 @@ def evaluate(config: EvaluationConfig) -> EvaluationResult:
         "counts": {
             "files": len(data.samples), "images": len(clean),
             "reals": sum(item.label == 0 for item in clean), "fakes": sum(item.label == 1 for item in clean),
-            "sbi_fakes": run.sbi_fakes, "sbi_no_face": len(run.sbi_no_face), "skipped": len(data.scanned.skipped),
+            "sbi_fakes": run.sbi_fakes, "sbi_no_face": len(run.sbi_no_face),
+            "sbi_ellipse_fallbacks": run.sbi_ellipse_fallbacks, "skipped": len(data.scanned.skipped),
             "no_face_fallbacks": summaries[CLEAN]["no_face_fallbacks"],
         },
         "threshold": threshold,
@@ -878,7 +858,9 @@ def _epilog() -> str:
 
     return "\n\n".join([
         __doc__.split("\n\n", 2)[2].strip(),
-        listing("perturbations (--perturbation NAME, repeatable; training.evaluate.PERTURBATIONS)", PERTURBATIONS),
+        listing("perturbation groups (--perturbation GROUP)", PERTURBATION_GROUPS),
+        listing("perturbations (--perturbation NAME, repeatable; training.perturbations.PERTURBATIONS)",
+                PERTURBATIONS),
         listing("face modes (--faces)", FACE_MODES),
     ])
 
@@ -903,8 +885,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also report metrics per value of these manifest columns (e.g. dataset expression); "
                              "split and subject work for any layout")
     parser.add_argument("--no-robustness", action="store_true", help="score the clean images only (4x faster)")
-    parser.add_argument("--perturbation", action="append", choices=list(PERTURBATIONS), metavar="NAME",
-                        help="robustness conditions to run (repeatable; default: all of those listed below)")
+    parser.add_argument("--perturbation", action="append", choices=[*PERTURBATION_GROUPS, *PERTURBATIONS],
+                        metavar="NAME", help="robustness/probe conditions to run, by name or group (repeatable; "
+                                             "default: the robustness group; 'all' for every row listed below)")
     parser.add_argument("--batch-size", type=int, default=32, help="model inputs per forward pass (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="fixes SBI pseudo-fakes and the --limit subset (default 0)")
     parser.add_argument("--limit", type=int, help="evaluate a seeded random subset of N files, for a quick look")
@@ -917,7 +900,7 @@ def parse_args(argv: Sequence[str] | None = None) -> EvaluationConfig:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    perturbations = () if args.no_robustness else tuple(args.perturbation or PERTURBATIONS)
+    perturbations = () if args.no_robustness else expand_perturbations(args.perturbation or DEFAULT_PERTURBATIONS)
     try:
         return EvaluationConfig(
             model=args.model, dataset=args.dataset, output_dir=args.output_dir, split=args.split, sbi=args.sbi,

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -202,6 +203,22 @@ def f1_threshold(labels: np.ndarray, probability_fake: np.ndarray, fixed: float 
     return _lowest_threshold_of_best(points, is_best)
 
 
+def low_fpr_threshold(labels: np.ndarray, probability_fake: np.ndarray, fixed: float = 0.5,
+                      max_fpr: float = 0.02) -> float:
+    """Lowest threshold whose false-positive rate on validation is at most `max_fpr` (`fixed` is ignored).
+
+    Youden's J weighs a real called fake the same as a fake let through. For a user holding a photo of a
+    real person the first costs more, and a source the model never saw only adds false positives, so this
+    rule spends its recall on keeping reals real: among the observed scores it takes the one with the most
+    fakes caught while at most `max_fpr` of the validation reals are called fake.
+    """
+    points = _operating_points(labels, probability_fake, "low_fpr")
+    allowed = points.false_positives <= max_fpr * points.negatives
+    if not allowed.any():  # even the highest score is a real: call only what scores above every real fake
+        return float(np.nextafter(points.thresholds[0], np.inf))
+    return _lowest_threshold_of_best(points, allowed)
+
+
 def fixed_threshold(labels: np.ndarray, probability_fake: np.ndarray, fixed: float = 0.5) -> float:
     """Returns `fixed` unchanged: the data are not consulted, so it works with one class or none."""
     if not 0.0 <= fixed <= 1.0:
@@ -226,6 +243,10 @@ THRESHOLD_RULES: dict[str, ThresholdRule] = {
     "youden": ThresholdRule(youden_threshold, "maximise TPR - FPR on validation (ties: lowest threshold)"),
     "f1": ThresholdRule(f1_threshold, "maximise F1 of the fake class on validation (ties: lowest threshold)"),
     "fixed": ThresholdRule(fixed_threshold, "use the configured threshold as is"),
+    "fpr_2pct": ThresholdRule(partial(low_fpr_threshold, max_fpr=0.02),
+                              "catch the most fakes while at most 2 % of validation reals are called fake"),
+    "fpr_5pct": ThresholdRule(partial(low_fpr_threshold, max_fpr=0.05),
+                              "catch the most fakes while at most 5 % of validation reals are called fake"),
 }
 DEFAULT_THRESHOLD_RULE = "youden"
 

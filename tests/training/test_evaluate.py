@@ -24,21 +24,17 @@ from training.evaluate import (
     CLEAN,
     EVALUATION_JSON,
     EVALUATION_MD,
-    PERTURBATIONS,
     REGION_PRECROPPED,
     SCORES_CSV,
     EvaluationConfig,
     EvaluationError,
-    Perturbation,
-    downscale,
     evaluate,
-    gaussian_blur,
-    jpeg_recompress,
     main,
     resolve_face_plan,
     sbi_config_of,
 )
 from training.metrics import equal_error_rate, expected_calibration_error
+from training.perturbations import DEFAULT_PERTURBATIONS, PERTURBATION_GROUPS, PERTURBATIONS, Perturbation
 from training.prepare import FACES_FILENAME
 from training.sbi import inner_face_box, rng_for, self_blend
 
@@ -182,7 +178,7 @@ def test_large_jpegs_are_decoded_as_the_service_decodes_them(tiny_export, tiny_d
 
 def test_robustness_rows_recompute_from_the_scores(clean_run):
     report, rows = read_report(clean_run), read_scores(clean_run)
-    assert [row["condition"] for row in report["robustness"]] == [CLEAN, *PERTURBATIONS]
+    assert [row["condition"] for row in report["robustness"]] == [CLEAN, *DEFAULT_PERTURBATIONS]
     clean_auc = roc_auc_score(column(rows, "label"), column(rows, "probability_fake"))
     for entry in report["robustness"]:
         labels, probability = column(rows, "label", entry["condition"]), column(rows, "probability_fake",
@@ -306,43 +302,9 @@ def test_limit_takes_the_same_mixed_subset_for_the_same_seed(tiny_export, tiny_d
 # --- perturbations ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def photo_rgb(photos) -> np.ndarray:
-    rgb = decode_rgb(photos[0].read_bytes())
-    return cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
-
-
-def _laplacian_variance(rgb: np.ndarray) -> float:
-    return float(cv2.Laplacian(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
-
-
-def test_jpeg_q50_changes_pixels_but_not_size(photo_rgb):
-    recompressed = PERTURBATIONS["jpeg_q50"].apply(photo_rgb)
-    assert recompressed.shape == photo_rgb.shape and recompressed.dtype == np.uint8
-    difference = np.abs(recompressed.astype(int) - photo_rgb.astype(int))
-    assert difference.mean() > 0.5
-    # a lower quality loses more than a higher one: the quality setting is really applied
-    assert np.abs(jpeg_recompress(photo_rgb, 95).astype(int) - photo_rgb.astype(int)).mean() < difference.mean()
-
-
-def test_downscale_halves_the_size(photo_rgb):
-    smaller = PERTURBATIONS["downscale_0.5"].apply(photo_rgb)
-    assert smaller.shape == (photo_rgb.shape[0] // 2, photo_rgb.shape[1] // 2, 3)
-    assert downscale(np.zeros((5, 3, 3), np.uint8), 0.5).shape == (2, 2, 3)  # round half to even, never 0
-    mean_colour = photo_rgb.reshape(-1, 3).mean(axis=0)
-    assert np.allclose(smaller.reshape(-1, 3).mean(axis=0), mean_colour, atol=1.0)  # INTER_AREA averages
-
-
-def test_blur_lowers_the_laplacian_variance(photo_rgb):
-    blurred = PERTURBATIONS["blur_sigma1"].apply(photo_rgb)
-    assert blurred.shape == photo_rgb.shape
-    assert _laplacian_variance(blurred) < 0.6 * _laplacian_variance(photo_rgb)
-    assert _laplacian_variance(gaussian_blur(photo_rgb, 2.0)) < _laplacian_variance(blurred)
-
-
 def test_a_registered_perturbation_gets_its_row(tiny_export, tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setitem(PERTURBATIONS, "grey", Perturbation(
-        lambda rgb: np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2), "greyscale"))
+        lambda rgb: np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2), "colour", "greyscale"))
     report = run(tiny_export, tiny_dataset, tmp_path, perturbations=("grey",), limit=6)
     assert [row["condition"] for row in report["robustness"]] == [CLEAN, "grey"]
     assert report["robustness"][1]["description"] == "greyscale"
@@ -452,7 +414,7 @@ def test_sbi_adds_one_deterministic_fake_per_real(face_export, crops, tmp_path):
     assert first["metrics"]["roc_auc"] is not None  # real-only data, yet both classes
     assert {entry["value"]: entry["fakes"] for entry in first["groups"]["dataset"]} == {"amfd": 2, "london": 2}
     # each perturbation degrades the same fake: 4 reals + 4 fakes in every condition
-    assert all(sum(row["condition"] == name for row in rows) == 8 for name in PERTURBATIONS)
+    assert all(sum(row["condition"] == name for row in rows) == 8 for name in DEFAULT_PERTURBATIONS)
 
     run(face_export, crops, tmp_path / "b", sbi=True, group_by=("dataset",), seed=5, perturbations=("blur_sigma1",))
     again = [row for row in rows if row["condition"] in (CLEAN, "blur_sigma1")]
@@ -528,7 +490,8 @@ def test_help_lists_the_registries(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for name in (*PERTURBATIONS, "precropped", "--group-by", "--no-robustness", "--sbi", "--split", "--limit"):
+    flags = ("precropped", "--group-by", "--no-robustness", "--sbi", "--split", "--limit")
+    for name in (*PERTURBATIONS, *PERTURBATION_GROUPS, *flags):
         assert name in text
 
 

@@ -184,7 +184,26 @@ def test_data_driven_rules_refuse_one_class(rule):
 
 def test_rule_registry():
     assert DEFAULT_THRESHOLD_RULE == "youden"
-    assert set(THRESHOLD_RULES) == {"youden", "f1", "fixed"}
+    assert set(THRESHOLD_RULES) == {"youden", "f1", "fixed", "fpr_2pct", "fpr_5pct"}
     assert all(isinstance(rule[-1], str) and rule[-1] for rule in THRESHOLD_RULES.values())  # --help lists entry[-1]
     with pytest.raises(ValueError, match="unknown threshold rule 'best'.*youden"):
         choose_threshold(RULE_LABELS, RULE_SCORES, "best")
+
+
+def test_low_fpr_rule_keeps_validation_reals_real_at_the_cost_of_recall():
+    reals = np.linspace(0.0, 0.5, 50)  # 50 reals; the two highest at 0.49 and 0.5
+    fakes = np.array([0.3, 0.45, 0.6, 0.7, 0.8])
+    labels = np.r_[np.zeros(50), np.ones(5)]
+    scores = np.r_[reals, fakes]
+    threshold = choose_threshold(labels, scores, "fpr_2pct")
+    called = scores >= threshold
+    assert called[labels == 0].sum() <= 1  # at most 2 % of 50 reals
+    assert threshold == pytest.approx(0.5)  # the lowest such threshold: one real (0.5) and three fakes
+    assert choose_threshold(labels, scores, "fpr_5pct") < threshold  # a looser bound buys recall
+    assert choose_threshold(labels, scores, "youden") < threshold
+
+
+def test_low_fpr_rule_when_a_real_scores_highest_calls_nothing_below_it():
+    labels, scores = np.array([0, 1, 0]), np.array([0.9, 0.5, 0.1])
+    threshold = choose_threshold(labels, scores, "fpr_2pct")
+    assert threshold > 0.9 and not (scores >= threshold).any()

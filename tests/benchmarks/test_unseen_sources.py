@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.unseen_sources import TABLE_HEADER, UnseenConfig, split_manifests, summarise, table_row
+from training.prepare import FACES_FILENAME
+
+COLUMNS = ["path", "label", "subject", "dataset"]
+
+
+def write_crops(folder: Path, rows: list[tuple[str, str, str]]) -> None:
+    folder.mkdir(parents=True)
+    (folder / FACES_FILENAME).write_text('{"schema_version": 1, "faces": {}}')
+    with (folder / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows([path, "real", subject, dataset] for path, subject, dataset in rows)
+
+
+@pytest.fixture
+def config(tmp_path) -> UnseenConfig:
+    work = tmp_path / "work"
+    write_crops(work / "crops" / "faces", [("real/london/a.png", "L1", "london"), ("real/amfd/b.png", "A1", "amfd")])
+    write_crops(work / "crops" / "congress", [("real/c.png", "C1", "congress"), ("real/d.png", "C2", "congress")])
+    return UnseenConfig("baseline", "congress", tmp_path, work, tmp_path / "recipe.yaml", (), tmp_path / "out.json")
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_the_held_out_source_is_left_out_of_training_and_is_all_of_the_held_out_data(config):
+    train, heldout = split_manifests(config)
+    train_rows, heldout_rows = read(train), read(heldout)
+    assert {row["dataset"] for row in train_rows} == {"london", "amfd"}
+    assert [row["subject"] for row in heldout_rows] == ["C1", "C2"]
+    # absolute paths into the crops, read in place; the crops' faces.json travels so the export is a face model
+    assert all(Path(row["path"]).is_absolute() for row in train_rows + heldout_rows)
+    assert heldout_rows[0]["path"] == str((config.work_dir / "crops" / "congress" / "real" / "c.png").resolve())
+    assert (train.parent / FACES_FILENAME).is_file() and (heldout.parent / FACES_FILENAME).is_file()
+    assert train.parent.parent == config.run_dir and config.run_dir.name == "baseline-without-congress"
+
+
+def test_a_source_that_is_not_in_the_crops_is_refused(config):
+    with pytest.raises(SystemExit, match="sources: \\['amfd', 'congress', 'london'\\]"):
+        split_manifests(UnseenConfig(**{**config.__dict__, "holdout": "flickr"}))
+
+
+def evaluation(roc_auc: float, fpr: float, ece: float, rows: dict[str, float]) -> dict:
+    interval = [max(0.0, fpr - 0.02), fpr + 0.03]
+    return {
+        "threshold": 0.5,
+        "metrics": {"roc_auc": roc_auc, "ece": ece, "fpr_at_threshold": fpr, "tpr_at_threshold": 0.9,
+                    "intervals": {"roc_auc": [roc_auc - 0.01, min(1.0, roc_auc + 0.01)], "fpr_at_threshold": interval}},
+        "robustness": [{"condition": name, "fpr_at_threshold": value, "fpr_interval": interval, "roc_auc": roc_auc,
+                        "tpr_at_threshold": 0.9} for name, value in rows.items()],
+        "groups": {"family": [{"value": "faceswap_poisson", "roc_auc": roc_auc}]},
+    }
+
+
+def test_summary_judges_each_target_from_the_evaluations(config):
+    folder = config.run_dir
+    for name, content in {
+        "eval-test": evaluation(0.995, 0.02, 0.025, {"clean": 0.02}),
+        "eval-heldout": evaluation(0.97, 0.12, 0.05, {"clean": 0.12, "cast_warm": 0.3, "cast_cool": 0.4}),
+        "eval-swaps-test": evaluation(0.96, 0.02, 0.04, {"clean": 0.02}),
+        "eval-swaps-heldout": evaluation(0.91, 0.12, 0.05, {"clean": 0.12}),
+    }.items():
+        (folder / name).mkdir(parents=True)
+        (folder / name / "evaluation.json").write_text(json.dumps(content))
+    for name in ("test", "heldout"):
+        with (folder / f"eval-swaps-{name}" / "scores.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", "condition", "probability_fake", "family"])
+            writer.writerows([[f"r{i}", "real", "clean", 0.1 * i, "real"] for i in range(4)]
+                             + [["p0", "fake", "clean", 0.9, "faceswap_poisson"], ["p1", "fake", "clean", 0.15,
+                                                                                    "faceswap_poisson"],
+                                ["f0", "fake", "clean", 0.05, "faceswap_feather"], ["x", "fake", "jpeg_q50", 0.0,
+                                                                                    "faceswap_feather"]])
+    (folder / "run").mkdir()
+    (folder / "run" / "report.json").write_text(json.dumps(
+        {"device": "cpu", "seconds_training": 600.0, "best_epoch": 9, "history": [{}] * 12, "data": {"split": {}}}))
+    summary = summarise(config, {"train": 600.0})
+    targets = summary["targets"]
+    assert targets["heldout_fpr"]["measured"] == 0.12 and not targets["heldout_fpr"]["met"]
+    assert targets["swap_roc_auc"]["measured"] == 0.91  # the worse swap set decides
+    assert targets["in_distribution_roc_auc"]["met"] and targets["in_distribution_ece"]["met"]
+    assert targets["heldout_fpr"]["interval"] == pytest.approx([0.1, 0.15])
+    assert summary["heldout"]["cast_warm"]["fpr"] == 0.3
+    families = summary["swaps"]["test"]["by_family"]
+    # reals 0, .1, .2, .3 against the poisson fakes .9 and .15 (beats 2 of 4 reals): (4 + 2) / 8; clean rows only
+    assert families["faceswap_poisson"]["roc_auc"] == pytest.approx(0.75) and families["faceswap_poisson"]["fakes"] == 2
+    assert families["faceswap_feather"]["roc_auc"] == 0.25 and families["faceswap_feather"]["fakes"] == 1
+    row = table_row(summary)
+    assert row.startswith("| baseline | congress | 0.120 [0.100, 0.150] | 0.910 [0.900, 0.920] |")
+    assert "0.30 / 0.40" in row and row.count("|") == TABLE_HEADER.splitlines()[0].count("|")
+
+
+def test_summary_without_an_evaluation_says_what_is_missing(config):
+    with pytest.raises(SystemExit, match="run without --skip"):
+        summarise(config, {})
