@@ -42,6 +42,7 @@ from handler.explain import (
 from handler.faces import FaceConfig
 from handler.forensics import ImageDecodeError, decode_rgb
 from handler.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
+from handler.mtcnn import register_weights_dir
 from handler.request_body import ImageBytes, image_bytes_from_row, refuse_oversized
 from handler.request_options import RequestOptions, request_options
 from handler.response_status import OK, report_statuses
@@ -51,6 +52,7 @@ from handler.scoring import (
     decode_for_scoring,
     load_calibration,
     most_fake,
+    no_face_found,
     regions_to_score,
     scores_from_logits,
 )
@@ -157,6 +159,7 @@ class DeepfakeHandler(BaseHandler):
         self.context = context
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
+        register_weights_dir(model_dir)  # the MTCNN face detector's ONNX files, when the .mar carries them
         self.settings = HandlerSettings.from_model_config(context.model_yaml_config)
 
         self.metadata = ModelMetadata.load(model_dir / METADATA_FILENAME)
@@ -171,7 +174,8 @@ class DeepfakeHandler(BaseHandler):
         self.video_config = self.settings.video_config(self.metadata.preprocessing.max_image_pixels)
         self.limits = InputLimits(self.metadata.preprocessing.max_image_pixels, self.settings.max_upload_bytes,
                                   self.video_config.max_bytes, self.video_config.max_seconds,
-                                  self.video_config.max_frames)
+                                  self.video_config.max_frames, self.settings.min_image_side,
+                                  self.settings.max_aspect_ratio)
         threshold = self.settings.threshold if self.settings.threshold is not None else self.metadata.threshold
         self.policy = VerdictPolicy(threshold=threshold, borderline_band=self.settings.borderline_band)
 
@@ -256,7 +260,7 @@ class DeepfakeHandler(BaseHandler):
         assert self.metadata is not None, "initialize() must run first"
         try:
             frames = read_frames(data, container, self.video_config)
-            return video_regions(frames, self.metadata.preprocessing, self.face_config)
+            return video_regions(frames, self.metadata.preprocessing, self.face_config, self.settings.no_face)
         except ImageDecodeError:
             raise
         except MemoryError as error:
@@ -276,10 +280,14 @@ class DeepfakeHandler(BaseHandler):
         unexpected exception while decoding is logged with its traceback and becomes a 400 corrupt_image. An
         image file over max_upload_bytes is refused before decoding; every error names the request field the
         image came from (the decoders see only bytes). A video (MP4, MOV, WebM or AVI by its first bytes) yields
-        its sampled frames' regions instead (video_regions), under the video limits.
+        its sampled frames' regions instead (video_regions), under the video limits. An image no model can judge
+        gets 422: degenerate_image for a shape outside min_image_side / max_aspect_ratio (measured on the upright
+        image as stored, whatever size it was decoded at), no_face_found when a face model finds no face and
+        `no_face` refuses.
         """
         assert self.metadata is not None, "initialize() must run first"
         preprocessing = self.metadata.preprocessing
+        geometry = self.settings.geometry_limits()
         regions: dict[int, ScoredRegions | VideoRegions] = {}
         errors = dict(refused or {})
         for index, row in enumerate(data):
@@ -294,7 +302,13 @@ class DeepfakeHandler(BaseHandler):
                     continue
                 image = refuse_oversized(image, self.settings.max_upload_bytes)
                 rgb = decode_for_scoring(image.data, preprocessing, self.face_config)
-                regions[index] = regions_to_score(rgb, preprocessing, self.face_config)
+                degenerate = geometry.refusal(upright_size(image.data))  # ~20 us: the header, read again
+                if degenerate is not None:
+                    raise degenerate
+                scored = regions_to_score(rgb, preprocessing, self.face_config, self.settings.no_face)
+                if not scored.inputs:
+                    raise no_face_found()
+                regions[index] = scored
             except ImageDecodeError as error:
                 errors[index] = error.located(image.field if image else None)
             except MemoryError:
@@ -460,8 +474,8 @@ class DeepfakeHandler(BaseHandler):
         The model's identity, the settings in force (threshold after any override, band, limits,
         threads) and the training run's headline metrics, so an operator can tell which model and
         which decision rule a worker serves without opening the .mar. `faces` says whether images are
-        scored on their faces (mode from model-config.yaml, whether the model was trained on faces, and the
-        face settings in force, None when whole images are scored).
+        scored on their faces (mode from model-config.yaml, whether the model was trained on faces, what an image
+        without a face gets, and the face settings in force, None when whole images are scored).
         """
         assert self.metadata is not None, "initialize() must run first"
         training = self.metadata.training
@@ -471,6 +485,8 @@ class DeepfakeHandler(BaseHandler):
             "borderline_band": list(self.policy.borderline_band),
             "max_image_pixels": self.metadata.preprocessing.max_image_pixels,
             "max_upload_bytes": self.settings.max_upload_bytes,
+            "min_image_side": self.settings.min_image_side,
+            "max_aspect_ratio": self.settings.max_aspect_ratio,
             "input_size": list(self.metadata.preprocessing.input_size),
             "torch_threads": torch.get_num_threads(),
             "optimization": self.serving.optimization,
@@ -492,6 +508,7 @@ class DeepfakeHandler(BaseHandler):
             "faces": {
                 "mode": self.settings.faces,
                 "face_model": self.metadata.faces is not None,
+                "no_face": self.settings.no_face,
                 "config": None if self.face_config is None else self.face_config.to_dict(),
             },
             "training": {

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from handler.faces import FaceConfig
+from handler.scoring import NO_FACE_MODES, GeometryLimits
 from handler.torchscript import OPTIMIZATIONS, PRECISIONS, ServingOptions
 from handler.video import MAX_VIDEO_FRAMES, VideoConfig
 
@@ -44,6 +45,11 @@ class HandlerSettings:
         torch_threads: torch (and OpenCV) threads per CPU worker; 0 = cores / maxWorkers.
         warmup_runs: dummy forward passes at worker start, so the first client does not pay for them.
         faces: one of FACE_MODES: whether each image is scored once per detected face or as a whole.
+        no_face: what a face model answers for an image in which it finds no face (handler.scoring.NO_FACE_MODES):
+            `refuse` (422 no_face_found; a video frame without a face is left out of the verdict) or `whole_image`
+            (score the whole image and say so, as before the setting existed).
+        min_image_side: images whose shorter side has fewer pixels are refused with 422 degenerate_image.
+        max_aspect_ratio: so are images whose long side is more than this many times the short one.
         optimization: how the loaded model is prepared (handler.torchscript.OPTIMIZATIONS): frozen and
             channels_last by default, `none` to serve the exported graph as it is.
         precision: fp32 (default), bf16 or fp16 weights and inputs (handler.torchscript.PRECISIONS).
@@ -65,6 +71,9 @@ class HandlerSettings:
     torch_threads: int = 0
     warmup_runs: int = 2
     faces: str = "auto"
+    no_face: str = "refuse"
+    min_image_side: int = 32
+    max_aspect_ratio: float = 4.0
     optimization: str = "frozen_channels_last"
     precision: str = "fp32"
     video_frames: int = 16
@@ -77,7 +86,8 @@ class HandlerSettings:
     def __post_init__(self) -> None:
         if self.faces not in FACE_MODES:
             raise ValueError(f"handler setting 'faces' must be one of {list(FACE_MODES)}, got {self.faces!r}")
-        for name, allowed in (("optimization", OPTIMIZATIONS), ("precision", tuple(PRECISIONS))):
+        for name, allowed in (("optimization", OPTIMIZATIONS), ("precision", tuple(PRECISIONS)),
+                              ("no_face", NO_FACE_MODES)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"handler setting '{name}' must be one of {list(allowed)}, got {value!r}")
@@ -87,6 +97,10 @@ class HandlerSettings:
         return VideoConfig(frames=self.video_frames, top_fraction=self.video_top_fraction,
                            max_seconds=self.video_max_seconds, max_frames=self.video_max_frames,
                            max_bytes=self.video_max_bytes, max_frame_pixels=max_frame_pixels)
+
+    def geometry_limits(self) -> GeometryLimits:
+        """The image shapes this worker refuses as degenerate (422 degenerate_image)."""
+        return GeometryLimits(self.min_image_side, self.max_aspect_ratio)
 
     def serving_options(self) -> ServingOptions:
         """How the worker prepares and feeds the model."""
@@ -142,9 +156,17 @@ class HandlerSettings:
                 values[name] = _whole_number(name, section[name], minimum=0)
         if "faces" in section:
             values["faces"] = _face_mode(section["faces"])
-        for name in ("optimization", "precision"):
+        for name in ("optimization", "precision", "no_face"):
             if name in section:
                 values[name] = section[name]  # checked by __post_init__
+        if "min_image_side" in section:
+            values["min_image_side"] = _whole_number("min_image_side", section["min_image_side"], minimum=1)
+        if "max_aspect_ratio" in section:
+            ratio = section["max_aspect_ratio"]
+            if not (_is_number(ratio) and math.isfinite(ratio) and ratio >= 1):
+                raise ValueError(f"handler setting 'max_aspect_ratio' must be a number >= 1 (long side over short "
+                                 f"side), got {ratio!r}")
+            values["max_aspect_ratio"] = float(ratio)
         for name in ("video_frames", "video_max_frames", "video_max_bytes", "max_batch_inputs"):
             if name in section:
                 values[name] = _whole_number(name, section[name], minimum=1)

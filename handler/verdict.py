@@ -27,13 +27,17 @@ ERROR_STATUS = {
     "video_too_large": 413,
     "video_frame_too_large": 413,
     "explanations_unavailable": 501,  # the model was exported without model.explain.pt: the server cannot, yet
+    # A well-formed, decodable image this model cannot judge (handler.scoring): 422, so a client tells "send another
+    # picture" from "the upload is broken" (400) without parsing the code.
+    "no_face_found": 422,
+    "degenerate_image": 422,
 }
 DEFAULT_ERROR_STATUS = 400
 STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type",
-                  500: "Internal Server Error", 501: "Not Implemented"}
-# What `accepted` says, per error code; {formats}, {pixels}, {side}, {bytes}, {mib} and the {video_*} limits are
-# filled in from the worker's InputLimits. Codes about how the image was sent list the three input forms; codes
-# about the file list the formats and limits; an option error lists the option's values.
+                  422: "Unprocessable Entity", 500: "Internal Server Error", 501: "Not Implemented"}
+# What `accepted` says, per error code; {formats}, {pixels}, {side}, {bytes}, {mib}, the {video_*} limits, {min_side}
+# and {max_aspect} are filled in from the worker's InputLimits. Codes about how the image was sent list the three
+# input forms; codes about the file list the formats and limits; an option error lists the option's values.
 FORMATS = "JPEG, PNG, WebP, BMP, TIFF or GIF (first frame)"
 INPUT_FORMS = ("One image per request, as the raw request body, as a multipart file field (any name; 'data' is "
                "read first) or as JSON {{\"data\": \"<base64>\"}} (keys data, body, file, image, b64; a data: URL "
@@ -69,6 +73,11 @@ ACCEPTED = {
                                  "exported with model.explain.pt (re-export and re-package it: docs/EXPLANATIONS.md)."),
     "explanation_needs_image": ("Explanations take one image ({formats}); send a video to /predictions/{{model}} "
                                 "for its per-frame timeline, or a frame of it as an image."),
+    "no_face_found": ("Photos in which a face is clearly visible and turned to the camera, or the image cropped to "
+                      "the face: this model judges faces only (a video needs a face in at least one sampled frame)."),
+    "degenerate_image": ("Images whose shorter side is at least {min_side} pixels and whose long side is at most "
+                         "{max_aspect} times the short one; crop strips and banners to the part to judge, and send "
+                         "photos at full size rather than thumbnails."),
 }
 DEFAULT_ACCEPTED = INPUT_FORMS
 
@@ -83,6 +92,8 @@ class InputLimits:
         max_video_bytes: bytes of a video file (handler setting video_max_bytes).
         max_video_seconds: length of a video (video_max_seconds).
         max_video_frames: frames of a video (video_max_frames).
+        min_image_side: an image's shorter side in pixels (min_image_side).
+        max_aspect_ratio: an image's long side over its short side (max_aspect_ratio).
 
     """
 
@@ -91,6 +102,8 @@ class InputLimits:
     max_video_bytes: int = 6 * 2**20
     max_video_seconds: float = 60.0
     max_video_frames: int = 3600
+    min_image_side: int = 32
+    max_aspect_ratio: float = 4.0
 
 
 def accepted(code: str, limits: InputLimits) -> str:
@@ -99,11 +112,13 @@ def accepted(code: str, limits: InputLimits) -> str:
         formats=FORMATS, pixels=limits.max_image_pixels, side=int(limits.max_image_pixels ** 0.5),
         bytes=limits.max_upload_bytes, mib=f"{limits.max_upload_bytes / 2**20:g}", video_formats=VIDEO_FORMATS,
         video_bytes=limits.max_video_bytes, video_mib=f"{limits.max_video_bytes / 2**20:g}",
-        video_seconds=f"{limits.max_video_seconds:g}", video_frames=limits.max_video_frames)
+        video_seconds=f"{limits.max_video_seconds:g}", video_frames=limits.max_video_frames,
+        min_side=limits.min_image_side, max_aspect=f"{limits.max_aspect_ratio:g}")
 
 
-# Said when a face model found no face and scored the whole image instead: the verdict then comes from input
-# unlike anything the model was trained on, and the client can fix that.
+# Said when a face model found no face and scored the whole image instead (handler setting no_face: whole_image; the
+# default refuses such an image with 422 no_face_found): the verdict then comes from input unlike anything the model
+# was trained on, and the client can fix that.
 NO_FACE_NOTE = ("No face was found, so the whole image was scored; this model was trained on face crops, so this "
                 "verdict is less reliable. Send a photo in which a face is clearly visible and turned to the "
                 "camera, or crop the image to the face.")

@@ -1,7 +1,9 @@
 """Videos: recognise the container, refuse what is over the limits, sample frames uniformly, aggregate their scores.
 
 A video is judged on `frames` frames spread evenly over its whole length, each scored like an image (every
-face, or the whole frame), and gets the mean of its top-k frame scores (see :func:`top_k_mean`). This module
+face, or the whole frame), and gets the mean of its top-k frame scores (see :func:`top_k_mean`). With a face
+model under `no_face: refuse`, a frame without a face is left out of that mean but kept in the timeline, and a
+video none of whose frames shows a face is refused (422 no_face_found), as an image without one is. This module
 only computes and reads: the handler turns its frames into model inputs and its aggregation into the answer.
 
 OpenCV's VideoCapture (its bundled FFmpeg) reads only from a file, so the bytes are written to a temporary
@@ -27,7 +29,17 @@ import torch
 
 from handler.faces import FaceConfig
 from handler.forensics import ImageDecodeError, PreprocessConfig
-from handler.scoring import REGION_FACES, REGION_NO_FACE, ScoredRegions, most_fake, regions_to_score
+from handler.scoring import (
+    NO_FACE_WHOLE_IMAGE,
+    REGION_FACES,
+    REGION_NO_FACE,
+    REGION_NONE,
+    REGION_WHOLE_IMAGE,
+    ScoredRegions,
+    most_fake,
+    no_face_found,
+    regions_to_score,
+)
 from handler.verdict import ItemScores, VerdictPolicy, uncalibrated_scores, verdict
 
 # Container name → what a client may call it; the key is what responses carry in video.container.
@@ -293,10 +305,25 @@ def read_frames(data: bytes, container: str, config: VideoConfig, temp_dir: str 
         os.unlink(path)
 
 
-def video_regions(video: VideoFrames, preprocess: PreprocessConfig, faces: FaceConfig | None) -> VideoRegions:
-    """Each sampled frame's model inputs, cut exactly as an image's (every face, or the whole frame)."""
-    frames = tuple(FrameRegions(frame.index, frame.time_s, regions_to_score(frame.rgb, preprocess, faces))
+def video_regions(video: VideoFrames, preprocess: PreprocessConfig, faces: FaceConfig | None,
+                  no_face: str = NO_FACE_WHOLE_IMAGE) -> VideoRegions:
+    """Each sampled frame's model inputs, cut exactly as an image's (every face, or the whole frame).
+
+    Args:
+        video: the decoded frames.
+        preprocess: how a region becomes a model input.
+        faces: how faces are found and cut; None scores whole frames.
+        no_face: what a frame without a face gives (handler.scoring.regions_to_score): under NO_FACE_REFUSE no
+            input, so it stays out of the verdict.
+
+    Raises:
+        ImageDecodeError: no_face_found, when faces were looked for, `no_face` refuses, and no frame shows one.
+
+    """
+    frames = tuple(FrameRegions(frame.index, frame.time_s, regions_to_score(frame.rgb, preprocess, faces, no_face))
                    for frame in video.frames)
+    if frames and not any(frame.regions.inputs for frame in frames):
+        raise no_face_found(frames=len(frames))
     return VideoRegions(video.info, video.sampled, frames)
 
 
@@ -379,8 +406,15 @@ class VideoRegions:
         """Every frame's model inputs, frame after frame: the rows this video adds to the batch."""
         return tuple(tensor for frame in self.frames for tensor in frame.regions.inputs)
 
+    @property
+    def faces_looked_for(self) -> bool:
+        """Whether the frames were searched for faces (a face model, or `faces: on`)."""
+        return any(frame.regions.scored != REGION_WHOLE_IMAGE for frame in self.frames)
+
     def frame_scores(self, scores: Sequence[ItemScores]) -> list[list[ItemScores]]:
         """The batch's scores for this video (in `inputs` order) split back into one list per frame.
+
+        A frame without input (no face, under `no_face: refuse`) gets an empty list.
 
         Raises:
             ValueError: the scores do not match the inputs in number.
@@ -399,8 +433,13 @@ class VideoRegions:
 def timeline_entry(frame: FrameRegions, scores: list[ItemScores], policy: VerdictPolicy) -> dict[str, Any]:
     """One frame of the timeline: its index, time, calibrated score and label (its most-fake region's), its faces.
 
-    "faces" is there only when faces were looked for ([] when none was found), as in an image's answer.
+    "faces" is there only when faces were looked for ([] when none was found), as in an image's answer. A frame a
+    face model did not judge (no face, `no_face: refuse`) keeps its place with "scored": "no_face" and a null
+    probability_fake and label, so a client sees where in the video the face is missing.
     """
+    if not scores:
+        return {"frame": frame.index, "time_s": frame.time_s, "probability_fake": None, "label": None,
+                "scored": frame.regions.scored, "faces": []}
     decider = scores[most_fake(scores)]
     judged = verdict(decider.calibrated, policy, calibrated=True)
     entry: dict[str, Any] = {"frame": frame.index, "time_s": frame.time_s,
@@ -409,7 +448,7 @@ def timeline_entry(frame: FrameRegions, scores: list[ItemScores], policy: Verdic
     if frame.regions.scored == REGION_FACES:
         entry["faces"] = [{"box": box.to_list(), "probability_fake": round(score.calibrated, 6)}
                           for box, score in zip(frame.regions.boxes, scores, strict=True)]
-    elif frame.regions.scored == REGION_NO_FACE:
+    elif frame.regions.scored in (REGION_NO_FACE, REGION_NONE):
         entry["faces"] = []
     return entry
 
@@ -417,6 +456,10 @@ def timeline_entry(frame: FrameRegions, scores: list[ItemScores], policy: Verdic
 def video_answer(video: VideoRegions, scores: Sequence[ItemScores], policy: VerdictPolicy, top_fraction: float,
                  calibrated: bool, uncalibrated: bool) -> dict[str, Any]:
     """The answer for one scored video: the verdict of its top-k mean, its `video` facts and its `timeline`.
+
+    Only frames with scores take part in the top-k mean; `frames_scored` counts them. When faces were looked for,
+    `frames_without_face` counts the frames in which none was found (scored whole, or left out under
+    `no_face: refuse`). The timeline lists every decoded frame.
 
     Args:
         video: what was put through the model.
@@ -428,21 +471,26 @@ def video_answer(video: VideoRegions, scores: Sequence[ItemScores], policy: Verd
 
     """
     per_frame = video.frame_scores(scores)
-    deciders = [frame_scores[most_fake(frame_scores)] for frame_scores in per_frame]
+    judged = [position for position, frame_scores in enumerate(per_frame) if frame_scores]
+    deciders = [per_frame[position][most_fake(per_frame[position])] for position in judged]
     aggregation = top_k_mean([decider.calibrated for decider in deciders], top_fraction)
     answer = verdict(aggregation.probability_fake, policy, calibrated=calibrated)
     if uncalibrated:
-        raw = float(np.mean([deciders[position].uncalibrated for position in aggregation.decided_by]))
+        raw = float(np.mean([deciders[rank].uncalibrated for rank in aggregation.decided_by]))
         answer["uncalibrated"] = uncalibrated_scores(raw)
+    decided_by_frames = [video.frames[judged[rank]].index for rank in aggregation.decided_by]
     info = video.info
     answer["scored"] = SCORED_VIDEO
     answer["video"] = {
         "container": info.container, "duration_s": round(info.duration_s, 6), "fps": round(info.fps, 6),
         "frame_count": info.frame_count, "width": info.width, "height": info.height,
-        "frames_sampled": video.sampled, "frames_scored": len(video.frames),
+        "frames_sampled": video.sampled, "frames_scored": len(judged),
         "aggregation": {"rule": AGGREGATION_RULE, "k": aggregation.k, "top_fraction": top_fraction,
-                        "decided_by_frames": [video.frames[position].index for position in aggregation.decided_by]},
+                        "decided_by_frames": decided_by_frames},
     }
+    if video.faces_looked_for:
+        answer["video"]["frames_without_face"] = sum(
+            frame.regions.scored in (REGION_NO_FACE, REGION_NONE) for frame in video.frames)
     answer["timeline"] = [timeline_entry(frame, frame_scores, policy)
                           for frame, frame_scores in zip(video.frames, per_frame, strict=True)]
     return answer

@@ -39,8 +39,11 @@ PREDICTIONS = MetricSpec("DeepfakePredictions", MetricTypes.COUNTER, "Count", (M
 ITEM_ERRORS = MetricSpec("DeepfakeItemErrors", MetricTypes.COUNTER, "Count", (MODEL_NAME, "ErrorCode"))
 BATCHES = MetricSpec("DeepfakeBatches", MetricTypes.COUNTER, "Count", (MODEL_NAME,))
 BATCH_ITEMS = MetricSpec("DeepfakeBatchItems", MetricTypes.COUNTER, "Count", (MODEL_NAME,))
-# What each scored image was scored on (handler.scoring: faces, whole_image_no_face, whole_image): a rising share
-# of whole_image_no_face means uploads stopped showing faces a face model can judge. Faces counts the crops.
+# What each scored image was scored on (handler.scoring: faces, whole_image_no_face, whole_image; video for videos).
+# Only items that got a verdict count: an image a face model refuses for want of a face (no_face: refuse, the
+# default) or for its shape is an item error (DeepfakeItemErrors{ErrorCode="no_face_found" / "degenerate_image"}),
+# so a rising share of no_face_found errors (or of whole_image_no_face under no_face: whole_image) means uploads
+# stopped showing faces a face model can judge. Faces counts the crops.
 SCORED_IMAGES = MetricSpec("DeepfakeScoredImages", MetricTypes.COUNTER, "Count", (MODEL_NAME, "Scored"))
 SCORED_FACES = MetricSpec("DeepfakeScoredFaces", MetricTypes.COUNTER, "Count", (MODEL_NAME,))
 # Histograms: TorchServe 0.12 exports them in prometheus mode (_bucket/_sum/_count) with the Prometheus
@@ -91,7 +94,8 @@ class WorkerMetrics:
 
         Args:
             labels: scored items by label.
-            scored: scored items by what was scored (faces, whole_image_no_face, whole_image).
+            scored: items that got a verdict, by what was scored (faces, whole_image_no_face, whole_image, video);
+                refused items are errors only.
             faces: face crops scored in the batch (no update when 0).
             errors: items answered with an error, by code.
 

@@ -132,6 +132,7 @@ class PredictionRecord:
     scored: str | None = None  # faces, whole_image_no_face, whole_image, or video
     video_frames_scored: int | None = None  # videos only
     video_timeline: str | None = None  # videos only: "time_s:probability_fake" per scored frame, in time order
+    # (a frame a face model found no face in has no score: it is left out here, as it is left out of the verdict)
 
     @property
     def ok(self) -> bool:
@@ -251,7 +252,8 @@ def record_from_answer(path: Path, status: int, body: dict[str, Any], latency_ms
             uncalibrated_probability_fake=raw.get("probability_fake") if isinstance(raw, dict) else None,
             latency_ms=latency, scored=body.get("scored"), video_frames_scored=video.get("frames_scored"),
             video_timeline=None if timeline is None else " ".join(
-                f"{entry.get('time_s', 0):g}:{entry.get('probability_fake', 0):.4f}" for entry in timeline))
+                f"{entry.get('time_s', 0):g}:{entry['probability_fake']:.4f}" for entry in timeline
+                if isinstance(entry.get("probability_fake"), (int, float))))
     error = body.get("error")
     if isinstance(error, dict):
         code, message = str(error.get("code", f"http_{status}")), str(error.get("message", ""))

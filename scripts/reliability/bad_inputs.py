@@ -311,8 +311,10 @@ def _entries(good: bytes, limits: CorpusLimits) -> list[BadInput]:
         entry("png_ztxt_bomb", "format", "a PNG with a zTXt chunk inflating to 64 MB", 400, "corrupt_image", "body",
               data=png_with_chunk(png, ztxt_bomb())),
         # Odd but real images: served.
-        entry("one_pixel", "served", "a 1x1 PNG", 200, data=encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG")),
-        entry("one_by_5000", "served", "a 1x5000 PNG strip", 200,
+        # Readable, but shaped like no photo (handler settings min_image_side, max_aspect_ratio): refused.
+        entry("one_pixel", "size", "a 1x1 PNG", 422, "degenerate_image", "body",
+              data=encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG")),
+        entry("one_by_5000", "size", "a 1x5000 PNG strip", 422, "degenerate_image", "body",
               data=encode(Image.new("RGB", (1, 5000), (10, 200, 10)), "PNG")),
         entry("png_16_bit", "served", "a 16-bit greyscale PNG", 200, data=encode(Image.fromarray(sixteen), "PNG")),
         entry("jpeg_cmyk", "served", "a CMYK JPEG", 200, data=encode(image.convert("CMYK"), "JPEG", quality=90)),

@@ -13,6 +13,7 @@ const STATUS_TEXTS = {
   404: "The server has no such model (404): check the model name the page was started with.",
   413: "The file is larger than the server accepts (TorchServe's max_request_size): choose a smaller file.",
   415: "The server cannot read this file (415).",
+  422: "The model cannot judge this picture (422): the lines above say what to send instead.",
   501: "The server does not offer this (501).",
   503: "The model cannot answer now (503): no worker is ready, or it failed on this request; try again shortly.",
   507: "The server ran out of memory for this request (507): try a smaller file, or again later.",
@@ -373,13 +374,17 @@ function renderTimeline(body) {
   }
   svg.append(svgElement("line", { class: "threshold", x1: left, y1: y(body.threshold), x2: width - right,
     y2: y(body.threshold) }));
+  // A face model leaves frames without a face out of the verdict (probability_fake null): a grey dot on the axis.
+  const judged = (entry) => typeof entry.probability_fake === "number";
   svg.append(svgElement("polyline", { class: "curve",
-    points: timeline.map((entry) => `${x(entry.time_s)},${y(entry.probability_fake)}`).join(" ") }));
+    points: timeline.filter(judged).map((entry) => `${x(entry.time_s)},${y(entry.probability_fake)}`).join(" ") }));
   for (const entry of timeline) {
-    const point = svgElement("circle", { class: `point ${entry.label}`, cx: x(entry.time_s),
-      cy: y(entry.probability_fake), r: decided.has(entry.frame) ? 7 : 5, tabindex: 0, role: "button",
-      "data-frame": entry.frame, "data-time": entry.time_s,
-      "aria-label": `Frame ${entry.frame} at ${entry.time_s.toFixed(2)} s: ${pct(entry.probability_fake)} fake` });
+    const scored = judged(entry);
+    const point = svgElement("circle", { class: `point ${scored ? entry.label : "no-face"}`, cx: x(entry.time_s),
+      cy: y(scored ? entry.probability_fake : 0), r: decided.has(entry.frame) ? 7 : scored ? 5 : 4, tabindex: 0,
+      role: "button", "data-frame": entry.frame, "data-time": entry.time_s, ...(scored ? {} : { fill: "#9e9e9e" }),
+      "aria-label": `Frame ${entry.frame} at ${entry.time_s.toFixed(2)} s: `
+        + (scored ? `${pct(entry.probability_fake)} fake` : "no face found, not judged") });
     const title = svgElement("title", {});
     title.textContent = point.getAttribute("aria-label");
     point.append(title);

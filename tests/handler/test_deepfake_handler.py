@@ -243,15 +243,15 @@ def test_every_item_carries_its_request_id(handler_and_context, tiny_dataset):
 
 def test_hostile_batch_gets_per_item_answers_and_the_worker_keeps_serving(handler_and_context, tiny_dataset):
     good = (tiny_dataset / "real" / "real_00002.jpg").read_bytes()
-    frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames = [Image.new("RGB", (40, 40), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     gif = io.BytesIO()
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
     odd_tiff = io.BytesIO()
-    Image.new("F", (20, 10), 0.25).save(odd_tiff, format="TIFF")
+    Image.new("F", (40, 32), 0.25).save(odd_tiff, format="TIFF")
     cases = [
         ({"body": png_header_claiming(100_000, 100_000)}, 413, "image_too_large"),
-        ({"body": png(np.full((1, 1, 3), 200, np.uint8))}, 200, None),
-        ({"body": png(np.full((1, 5000, 3), 30, np.uint8))}, 200, None),
+        ({"body": png(np.full((1, 1, 3), 200, np.uint8))}, 422, "degenerate_image"),  # decodes, but is no photo
+        ({"body": png(np.full((1, 5000, 3), 30, np.uint8))}, 422, "degenerate_image"),
         ({"body": gif.getvalue()}, 200, None),
         ({"body": odd_tiff.getvalue()}, 200, None),
         ({"body": np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes()}, 415, "not_an_image"),
@@ -369,7 +369,7 @@ def test_the_handler_module_defines_exactly_one_class():
 
 def test_an_upload_over_max_upload_bytes_is_refused_before_decoding(handler_and_context):
     handler, context = handler_and_context(4, max_upload_bytes=2000)
-    small = png(np.full((20, 20, 3), 90, np.uint8))
+    small = png(np.full((40, 40, 3), 90, np.uint8))
     bomb = png_header_claiming(100_000, 100_000)  # decoding would answer image_too_large
     assert len(small) <= 2000
     rows = [{"body": bomb + bytes(2000)}, {"body": {"data": base64.b64encode(bytes(2001)).decode()}},
@@ -430,3 +430,44 @@ def test_what_the_frontend_sends_gets_errors_that_say_what_the_request_looked_li
     bodies = [body for _, _, body in reply.items]
     assert "boundary" in bodies[1]["error"]["message"] and "does not parse" in bodies[2]["error"]["message"]
     assert "true, 1, yes" in bodies[4]["error"]["accepted"]
+
+
+# --- images no model can judge: degenerate shapes (422 degenerate_image) ----------------------------------------
+
+
+def test_degenerate_shapes_get_422_with_their_size_and_the_rest_of_the_batch_is_scored(handler_and_context,
+                                                                                        tiny_dataset, caplog):
+    caplog.set_level(logging.INFO)
+    good = (tiny_dataset / "real" / "real_00000.jpg").read_bytes()
+    strip, tiny = png(np.full((20, 2000, 3), 120, np.uint8)), png(np.full((16, 16, 3), 120, np.uint8))
+    handler, context = handler_and_context(3)
+    responses = handler.handle([{"body": strip}, {"data": tiny}, {"body": good}], context)
+    assert statuses(context) == [422, 422, 200]
+    errors = [response["error"] for response in responses[:2]]
+    assert [(e["code"], e["status"], e["field"]) for e in errors] == [("degenerate_image", 422, "body"),
+                                                                      ("degenerate_image", 422, "data")]
+    assert "2000x20 pixels" in errors[0]["message"] and "100:1" in errors[0]["message"]
+    assert "16x16 pixels" in errors[1]["message"] and "under the minimum of 32 px" in errors[1]["message"]
+    assert all("at least 32 pixels" in e["accepted"] and "at most 4 times" in e["accepted"] for e in errors)
+    assert responses[2]["label"] in {"real", "fake"} and responses[2]["timing_ms"]["model_inputs"] == 1
+    lines = metric_lines(caplog)
+    assert [(line.dimensions["ErrorCode"], line.value) for line in lines if line.name == "DeepfakeItemErrors"] == [
+        ("degenerate_image", 2.0)]
+    assert [(line.dimensions["Scored"], line.value) for line in lines if line.name == "DeepfakeScoredImages"] == [
+        ("whole_image", 1.0)]  # a refused image is not counted as scored
+
+
+def test_the_geometry_limits_are_settings_and_measure_the_upright_image(handler_and_context):
+    strip, tiny = png(np.full((20, 2000, 3), 120, np.uint8)), png(np.full((16, 16, 3), 120, np.uint8))
+    handler, context = handler_and_context(2, min_image_side=16, max_aspect_ratio=100)
+    assert [r.get("label") in {"real", "fake"} for r in handler.handle([{"body": strip}, {"body": tiny}], context)] == [
+        True, True]
+    assert statuses(context) == [200, 200]
+    assert (handler.describe_handle()["min_image_side"], handler.describe_handle()["max_aspect_ratio"]) == (16, 100.0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 200 wide and 40 tall, shown 40 wide and 200 tall: the message gives the shown size
+    turned = io.BytesIO()
+    Image.new("RGB", (200, 40), (90, 90, 90)).save(turned, format="PNG", exif=exif.tobytes())
+    handler, context = handler_and_context(1)
+    [answer] = handler.handle([{"body": turned.getvalue()}], context)
+    assert answer["error"]["code"] == "degenerate_image" and "40x200 pixels" in answer["error"]["message"]

@@ -21,8 +21,8 @@ from handler.explain import EXPLAIN_METHOD, EXPLAIN_TARGET
 from handler.faces import FaceConfig, crop_box, detect_faces
 from handler.forensics import decode_rgb
 from handler.metadata import EXPLAIN_FILENAME, METADATA_FILENAME
-from handler.scoring import REGION_FACES, REGION_WHOLE_IMAGE
-from tests.handler.face_images import ONE_FACE_PHOTOS, encode, exif_rotated, two_faces
+from handler.scoring import REGION_FACES, REGION_NO_FACE, REGION_WHOLE_IMAGE
+from tests.handler.face_images import ONE_FACE_PHOTOS, encode, exif_rotated, no_face, two_faces
 from tests.handler.test_deepfake_handler import statuses, torchscript_bytes
 
 PREDICTION_FIELDS = ("label", "probability_fake", "confidence", "probabilities", "threshold", "calibrated",
@@ -128,6 +128,28 @@ def test_face_regions_are_the_face_crops(handler_and_context, face_export, face_
     assert [region["probability_fake"] for region in regions] == [face["probability_fake"]
                                                                   for face in response["faces"]]
     assert response["explanation"]["image_size"] == [rgb.shape[1], rgb.shape[0]]
+
+
+@pytest.mark.parametrize("no_face_setting", ["refuse", "whole_image"])
+def test_a_face_model_explains_what_it_would_predict_and_refuses_what_it_would_refuse(
+        handler_and_context, face_export, face_photos_dir, no_face_setting):
+    metadata = json.loads((face_export / METADATA_FILENAME).read_text())
+    handler, context = handler_and_context(3, replace_files={METADATA_FILENAME: metadata}, no_face=no_face_setting)
+    explaining(context, 0, 1, 2)
+    blank, strip = no_face(), np.full((20, 2000, 3), 128, np.uint8)
+    faceless, thin, photo = handler.handle([{"body": encode(blank)}, {"body": encode(strip)},
+                                            {"body": (face_photos_dir / ONE_FACE_PHOTOS[0]).read_bytes()}], context)
+    assert thin["error"]["code"] == "degenerate_image" and "explanation" not in thin
+    assert photo["scored"] == REGION_FACES and len(photo["explanation"]["regions"]) == 1
+    if no_face_setting == "refuse":
+        assert statuses(context) == [422, 422, 200]
+        assert faceless["error"]["code"] == "no_face_found" and "explanation" not in faceless
+    else:  # the whole image is scored, so the whole image is explained
+        assert statuses(context) == [200, 422, 200]
+        assert faceless["scored"] == REGION_NO_FACE
+        [region] = faceless["explanation"]["regions"]
+        assert region["box"] == [0, 0, blank.shape[1], blank.shape[0]]
+        assert region["probability_fake"] == faceless["probability_fake"]
 
 
 def test_bad_items_get_their_own_errors_and_the_rest_are_explained(handler_and_context, face_photos_dir):

@@ -132,14 +132,62 @@ def test_two_faces_the_most_fake_decides(face_handler, two_face_png, contrast):
     assert {key: response[key] for key in IMAGE_FIELDS} == {key: deciding[key] for key in IMAGE_FIELDS}
 
 
-def test_an_image_without_a_face_is_scored_whole_and_says_so(face_handler):
+def test_an_image_without_a_face_is_scored_whole_and_says_so_under_no_face_whole_image(face_handler):
     rgb = no_face()
-    handler, context = face_handler(1)
+    handler, context = face_handler(1, no_face="whole_image")
     response = handler.handle([{"body": encode(rgb)}], context)[0]
     assert response["scored"] == REGION_NO_FACE and response["faces"] == [] and response["note"] == NO_FACE_NOTE
     assert "decided_by_face" not in response
     [(whole, _)] = scores_of(handler, [rgb])
     assert response["probability_fake"] == pytest.approx(whole, abs=1e-6)
+
+
+def unjudgeable_batch(face_photo: bytes) -> list[dict]:
+    """A faceless image, a 2000x20 strip and a 16x16 icon, then a good face photo: one batch of four."""
+    strip, icon = np.full((20, 2000, 3), 128, np.uint8), np.full((16, 16, 3), 128, np.uint8)
+    return [{"body": encode(no_face())}, {"data": encode(strip)}, {"body": encode(icon)}, {"body": face_photo}]
+
+
+def test_a_face_model_refuses_what_it_cannot_judge_and_scores_the_rest_of_the_batch(face_handler, face_photo,
+                                                                                     caplog):
+    caplog.set_level(logging.INFO)
+    handler, context = face_handler(4)
+    assert handler.settings.no_face == "refuse"  # the default
+    handler.model = counting = CountingModel(handler.model)
+    faceless, strip, icon, good = handler.handle(unjudgeable_batch(face_photo), context)
+    assert statuses(context) == [422, 422, 422, 200]
+    assert faceless["error"]["code"] == "no_face_found" and faceless["error"]["status"] == 422
+    assert faceless["error"]["field"] == "body" and "no face was found in the image" in faceless["error"]["message"]
+    assert "faces only" in faceless["error"]["message"] and "crop" in faceless["error"]["accepted"]
+    assert (strip["error"]["code"], strip["error"]["field"]) == ("degenerate_image", "data")
+    assert "2000x20 pixels" in strip["error"]["message"] and "16x16 pixels" in icon["error"]["message"]
+    assert all("label" not in item and "scored" not in item for item in (faceless, strip, icon))
+    assert [item["request_id"] for item in (faceless, strip, icon, good)] == [f"request-{i}" for i in range(4)]
+    assert good["scored"] == REGION_FACES and len(good["faces"]) == 1 and good["label"] in {"real", "fake"}
+    assert counting.batch_sizes == [1] and good["timing_ms"]["model_inputs"] == 1  # only the face went through
+    lines = metric_lines(caplog)
+    assert sorted((line.dimensions["ErrorCode"], line.value) for line in lines if line.name == "DeepfakeItemErrors"
+                  ) == [("degenerate_image", 2.0), ("no_face_found", 1.0)]
+    assert [(line.dimensions["Scored"], line.value) for line in lines if line.name == "DeepfakeScoredImages"] == [
+        ("faces", 1.0)]  # refused images are errors, not "scored"
+
+
+def test_no_face_whole_image_scores_the_faceless_image_but_still_refuses_degenerate_shapes(face_handler,
+                                                                                          face_photo):
+    handler, context = face_handler(4, no_face="whole_image")
+    faceless, strip, icon, good = handler.handle(unjudgeable_batch(face_photo), context)
+    assert statuses(context) == [200, 422, 422, 200]
+    assert faceless["scored"] == REGION_NO_FACE and faceless["note"] == NO_FACE_NOTE
+    [(whole, _)] = scores_of(handler, [no_face()])
+    assert faceless["probability_fake"] == pytest.approx(whole, abs=1e-6)
+    assert strip["error"]["code"] == icon["error"]["code"] == "degenerate_image"
+    assert good["scored"] == REGION_FACES
+
+
+@pytest.mark.parametrize("value", ["skip", True, None])
+def test_an_invalid_no_face_setting_stops_the_worker(face_handler, value):
+    with pytest.raises(ValueError, match="handler setting 'no_face'"):
+        face_handler(1, no_face=value)
 
 
 @pytest.mark.parametrize("off", ["off", False])  # False: what an unquoted `faces: off` is in YAML
@@ -179,7 +227,7 @@ def test_boxes_are_in_the_upright_image(face_handler, face_photos_dir):
 
 
 def test_a_mixed_batch_goes_through_one_forward_pass(face_handler, face_photo, two_face_png):
-    handler, context = face_handler(4)
+    handler, context = face_handler(4, no_face="whole_image")  # the faceless image adds its whole-image row
     handler.model = counting = CountingModel(handler.model)
     rows = [{"body": face_photo}, {"body": b"\xff\xd8\xff broken jpeg"}, {"body": encode(no_face())},
             {"body": two_face_png}]
@@ -194,7 +242,7 @@ def test_a_mixed_batch_goes_through_one_forward_pass(face_handler, face_photo, t
     # Each item is scored as it would be alone: regrouping the pass's scores put every score back on its item.
     for row, response in zip(rows, responses, strict=True):
         if "error" not in response:
-            alone, alone_context = face_handler(1)
+            alone, alone_context = face_handler(1, no_face="whole_image")
             assert alone.handle([row], alone_context)[0]["probability_fake"] == response["probability_fake"]
 
 
@@ -212,7 +260,7 @@ def test_uncalibrated_adds_each_faces_raw_probability(face_handler, two_face_png
 
 def test_face_metrics_count_images_by_what_was_scored(face_handler, face_photo, two_face_png, caplog):
     caplog.set_level(logging.INFO)
-    handler, context = face_handler(4)
+    handler, context = face_handler(4, no_face="whole_image")
     handler.handle([{"body": face_photo}, {"body": two_face_png}, {"body": encode(no_face())}, {"body": b""}],
                    context)
     lines = metric_lines(caplog)
@@ -224,17 +272,20 @@ def test_face_metrics_count_images_by_what_was_scored(face_handler, face_photo, 
 
 def test_describe_shows_the_face_mode_and_settings(face_handler):
     handler, _ = face_handler(1)
-    assert handler.describe_handle()["faces"] == {"mode": "auto", "face_model": True,
+    assert handler.describe_handle()["faces"] == {"mode": "auto", "face_model": True, "no_face": "refuse",
                                                   "config": FaceConfig().to_dict()}
-    handler, _ = face_handler(1, faces="off")
-    assert handler.describe_handle()["faces"] == {"mode": "off", "face_model": True, "config": None}
+    handler, _ = face_handler(1, faces="off", no_face="whole_image")
+    assert handler.describe_handle()["faces"] == {"mode": "off", "face_model": True, "no_face": "whole_image",
+                                                  "config": None}
 
 
 def test_describe_of_a_whole_image_model(handler_and_context):
     handler, _ = handler_and_context(1)
-    assert handler.describe_handle()["faces"] == {"mode": "auto", "face_model": False, "config": None}
+    assert handler.describe_handle()["faces"] == {"mode": "auto", "face_model": False, "no_face": "refuse",
+                                                  "config": None}
     handler, _ = handler_and_context(1, faces="on")
-    assert handler.describe_handle()["faces"] == {"mode": "on", "face_model": False, "config": FaceConfig().to_dict()}
+    assert handler.describe_handle()["faces"] == {"mode": "on", "face_model": False, "no_face": "refuse",
+                                                  "config": FaceConfig().to_dict()}
 
 
 def test_a_failing_forward_pass_names_the_face_crops(face_handler, two_face_png):

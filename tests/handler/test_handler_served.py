@@ -207,18 +207,19 @@ def test_bad_or_lonely_options_are_refused(torchserve, face):
 
 
 def test_hostile_uploads_get_their_own_status_and_field_and_never_restart_a_worker(torchserve, face):
-    frames = [Image.new("RGB", (40, 30), colour) for colour in ((255, 0, 0), (0, 255, 0))]
+    frames = [Image.new("RGB", (48, 40), colour) for colour in ((255, 0, 0), (0, 255, 0))]
     cases = {  # request, status, code, field (the full corpus is scripts/reliability/bad_inputs.py)
         "PNG header claiming 100000x100000": (dict(data=png_header_claiming(100_000, 100_000)), 413, "image_too_large",
                                               "body"),
         "PNG header claiming 10000x10000": (dict(data=png_header_claiming(10_000, 10_000)), 413, "image_too_large",
                                             "body"),
-        "1x1 image": (dict(data=encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG")), 200, None, None),
-        "1x5000 image": (dict(data=encode(Image.new("RGB", (1, 5000), (9, 9, 9)), "PNG")), 200, None, None),
+        "1x1 image": (dict(data=encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG")), 422, "degenerate_image", "body"),
+        "1x5000 image": (dict(data=encode(Image.new("RGB", (1, 5000), (9, 9, 9)), "PNG")), 422, "degenerate_image",
+                         "body"),
         "multi-frame GIF": (dict(data=encode(frames[0], "GIF", save_all=True, append_images=frames[1:])), 200, None,
                             None),
-        "float TIFF": (dict(data=encode(Image.new("F", (30, 20), 0.7), "TIFF")), 200, None, None),
-        "LAB TIFF": (dict(data=encode(Image.new("LAB", (30, 20)), "TIFF")), 200, None, None),
+        "float TIFF": (dict(data=encode(Image.new("F", (48, 36), 0.7), "TIFF")), 200, None, None),
+        "LAB TIFF": (dict(data=encode(Image.new("LAB", (48, 36)), "TIFF")), 200, None, None),
         "random bytes": (dict(data=np.random.default_rng(5).bytes(5000)), 415, "not_an_image", "body"),
         "random bytes in a file field": (dict(files={"upload": ("x.bin", np.random.default_rng(6).bytes(500))}), 415,
                                          "not_an_image", "upload"),

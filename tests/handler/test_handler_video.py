@@ -11,7 +11,7 @@ import yaml
 from handler.faces import FaceConfig, detect_faces
 from handler.video import top_k, uniform_indices
 from scripts.serve import read_properties
-from tests.handler.face_images import ONE_FACE_PHOTOS, at_height, encode, photo_rgb
+from tests.handler.face_images import ONE_FACE_PHOTOS, at_height, encode, no_face, photo_rgb
 from tests.handler.video_files import AVI, FORMATS, LOSSLESS_AVI, MP4, WEBM, demo_frames, image_rgb, write_video
 
 VIDEO_FIELDS = ("label", "probability_fake", "confidence", "probabilities", "threshold", "calibrated", "borderline",
@@ -139,6 +139,46 @@ def test_a_face_model_scores_each_frame_on_its_faces_with_boxes_in_frame_pixels(
         overlap_h = min(y + h, expected.y + expected.height) - max(y, expected.y)
         assert overlap_w * overlap_h > 0.7 * expected.area  # the face the photo has, where it is in the frame
         assert entry["probability_fake"] == max(face["probability_fake"] for face in entry["faces"])
+
+
+def test_frames_without_a_face_are_listed_but_left_out_of_the_verdict(handler_and_context, face_photos_dir):
+    blank = no_face(240, 320)
+    face = blank.copy()
+    face[:, 40:280] = at_height(photo_rgb(face_photos_dir, ONE_FACE_PHOTOS[0]), 240)  # a 240x240 portrait
+    frames = [blank, face, blank, face, blank, blank]
+    data = write_video(frames, LOSSLESS_AVI, fps=2.0)
+    handler, context = handler_and_context(1, faces="on", video_frames=6)
+    [answer] = handler.handle([{"body": data}], context)
+    assert statuses(context) == [200], answer
+    timeline, facts = answer["timeline"], answer["video"]
+    assert [entry["frame"] for entry in timeline] == list(range(6))  # every sampled frame keeps its place
+    judged = [entry for entry in timeline if entry["probability_fake"] is not None]
+    assert [entry["frame"] for entry in judged] == [1, 3] and all(entry["scored"] == "faces" for entry in judged)
+    assert all(entry["scored"] == "no_face" and entry["faces"] == [] and entry["label"] is None
+               for entry in timeline if entry["frame"] not in (1, 3))
+    assert (facts["frames_sampled"], facts["frames_scored"], facts["frames_without_face"]) == (6, 2, 4)
+    assert answer["timing_ms"]["model_inputs"] == 2  # only the two faces went through the model
+    k = facts["aggregation"]["k"]
+    assert answer["probability_fake"] == pytest.approx(
+        float(np.mean(sorted(entry["probability_fake"] for entry in judged)[-k:])), abs=2e-6)
+    assert set(facts["aggregation"]["decided_by_frames"]) <= {1, 3}
+    # Under no_face: whole_image the same frames are scored whole, as before the setting existed.
+    handler, context = handler_and_context(1, faces="on", video_frames=6, no_face="whole_image")
+    [fallback] = handler.handle([{"body": data}], context)
+    assert [entry["scored"] for entry in fallback["timeline"]].count("whole_image_no_face") == 4
+    assert (fallback["video"]["frames_scored"], fallback["video"]["frames_without_face"]) == (6, 4)
+
+
+def test_a_video_with_no_face_in_any_sampled_frame_gets_422_beside_a_scored_image(handler_and_context,
+                                                                                 face_photos_dir):
+    photo = (face_photos_dir / ONE_FACE_PHOTOS[1]).read_bytes()
+    faceless = write_video([no_face(240, 320)] * 4, AVI, fps=4.0)
+    handler, context = handler_and_context(2, faces="on", video_frames=4)
+    video, image = handler.handle([{"data": faceless}, {"body": photo}], context)
+    assert statuses(context) == [422, 200]
+    assert video["error"]["code"] == "no_face_found" and video["error"]["field"] == "data"
+    assert "any of the video's 4 sampled frames" in video["error"]["message"]
+    assert image["scored"] == "faces"
 
 
 def test_describe_reports_the_video_settings(handler_and_context):

@@ -11,12 +11,19 @@ from handler.faces import FaceConfig, crop_face, detect_faces
 from handler.forensics import PreprocessConfig, decode_rgb, model_input_from_rgb
 from handler.metadata import METADATA_FILENAME, ModelMetadata
 from handler.scoring import (
+    DEGENERATE_IMAGE,
+    NO_FACE_FOUND,
+    NO_FACE_REFUSE,
     REGION_FACES,
     REGION_NO_FACE,
+    REGION_NONE,
     REGION_WHOLE_IMAGE,
     ExportedDetector,
+    GeometryLimits,
+    ScoredRegions,
     load_calibration,
     most_fake,
+    no_face_found,
     regions_to_score,
     scores_from_logits,
 )
@@ -51,6 +58,51 @@ def test_no_face_scores_the_whole_image_and_says_why():
     assert (regions.scored, regions.boxes) == (REGION_NO_FACE, ())
     [tensor] = regions.inputs
     assert torch.equal(tensor, model_input_from_rgb(rgb, PREPROCESS))
+
+
+def test_no_face_under_refuse_gives_nothing_to_score(face_photos_dir):
+    assert regions_to_score(no_face(), PREPROCESS, FaceConfig(), NO_FACE_REFUSE) == ScoredRegions(REGION_NONE, (), ())
+    rgb = photo_rgb(face_photos_dir, ONE_FACE_PHOTOS[0])  # a face is scored whatever the setting
+    refusing = regions_to_score(rgb, PREPROCESS, FaceConfig(), NO_FACE_REFUSE)
+    assert refusing.scored == REGION_FACES and refusing.boxes == regions_to_score(rgb, PREPROCESS, FaceConfig()).boxes
+    whole = regions_to_score(no_face(), PREPROCESS, None, NO_FACE_REFUSE)  # nothing looked for: nothing to refuse
+    assert whole.scored == REGION_WHOLE_IMAGE and len(whole.inputs) == 1
+    with pytest.raises(ValueError, match="no_face must be one of"):
+        regions_to_score(no_face(), PREPROCESS, FaceConfig(), "skip")
+
+
+def test_no_face_found_says_why_and_what_to_send():
+    image, video = no_face_found(), no_face_found(frames=16)
+    assert image.code == video.code == NO_FACE_FOUND and image.field is None
+    assert str(image).startswith("no face was found in the image") and "any of the video's 16 sampled" in str(video)
+    assert all(words in str(image) for words in ("faces only", "crop the image to the face"))
+
+
+@pytest.mark.parametrize(("size", "says"), [
+    ((16, 16), ["16x16 pixels", "shorter side (16 px) is under the minimum of 32 px"]),
+    ((2000, 20), ["2000x20 pixels", "shorter side (20 px)", "aspect ratio (100:1) is over the maximum of 4:1"]),
+    ((20, 2000), ["20x2000 pixels", "aspect ratio (100:1)"]),
+    ((401, 100), ["401x100 pixels", "aspect ratio (4.01:1)"]),
+    ((1, 1), ["1x1 pixels", "shorter side (1 px)"]),
+])
+def test_degenerate_shapes_are_refused_with_the_measured_size(size, says):
+    refusal = GeometryLimits().refusal(size)
+    assert refusal is not None and refusal.code == DEGENERATE_IMAGE
+    assert all(words in str(refusal) for words in says), str(refusal)
+    assert ("aspect" in str(refusal)) == (max(size) / min(size) > 4)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (128, 32), (32, 128), (400, 100), (4000, 3000), (33, 132)])
+def test_photo_shapes_pass_the_geometry_limits(size):
+    assert GeometryLimits().refusal(size) is None
+
+
+def test_geometry_limits_follow_their_settings_and_check_them():
+    assert GeometryLimits(min_side=8, max_aspect_ratio=20).refusal((160, 8)) is None
+    assert GeometryLimits(min_side=8, max_aspect_ratio=20).refusal((161, 7)) is not None
+    for invalid in ({"min_side": 0}, {"max_aspect_ratio": 0.9}):
+        with pytest.raises(ValueError):
+            GeometryLimits(**invalid)
 
 
 def test_faces_off_scores_the_whole_image_even_with_a_face(face_photos_dir):

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ def test_the_shipped_model_config_is_valid_and_read_as_written():
     assert (settings.torch_threads, settings.warmup_runs) == (section["torch_threads"], section["warmup_runs"])
     assert settings.threshold is None  # commented out: metadata.json's threshold applies
     assert settings.faces == section["faces"] == "auto"
+    assert settings.no_face == section["no_face"] == HandlerSettings.no_face == "refuse"
+    assert (settings.min_image_side, settings.max_aspect_ratio) == (section["min_image_side"],
+                                                                    section["max_aspect_ratio"]) == (32, 4.0)
+
+
+def test_every_setting_is_in_the_shipped_model_config():
+    # model-config.yaml is where operators look for what they can set: every setting is there, set or commented out.
+    text = (REPO_ROOT / "config" / "model-config.yaml").read_text()
+    missing = [name for name in HandlerSettings.known()
+               if not re.search(rf"^\s*#?\s*{name}:", text, flags=re.MULTILINE)]
+    assert missing == []
 
 
 @pytest.mark.parametrize("model_config", [None, {}, {"handler": None}, {"minWorkers": 1}])
@@ -59,6 +71,15 @@ def test_unknown_setting_names_itself_and_the_known_ones():
     ({"faces": "Auto"}, "'faces'"),
     ({"faces": 1}, "'faces'"),
     ({"faces": None}, "'faces'"),
+    ({"no_face": "skip"}, "'no_face' must be one of \\['refuse', 'whole_image'\\]"),
+    ({"no_face": None}, "'no_face'"),
+    ({"no_face": False}, "'no_face'"),
+    ({"min_image_side": 0}, "'min_image_side' must be a whole number >= 1"),
+    ({"min_image_side": 31.5}, "'min_image_side'"),
+    ({"max_aspect_ratio": 0.5}, "'max_aspect_ratio' must be a number >= 1"),
+    ({"max_aspect_ratio": "4:1"}, "'max_aspect_ratio'"),
+    ({"max_aspect_ratio": True}, "'max_aspect_ratio'"),
+    ({"max_aspect_ratio": float("inf")}, "'max_aspect_ratio'"),
 ])
 def test_invalid_values_are_refused_with_the_setting_named(settings, named):
     with pytest.raises(ValueError, match=named):
@@ -106,3 +127,14 @@ def test_face_config_in_force_per_mode():
     assert HandlerSettings(faces="off").face_config(exported) is None
     with pytest.raises(ValueError, match="'faces'"):
         HandlerSettings(faces="sometimes")
+
+
+def test_no_face_and_geometry_settings_are_read_as_written():
+    settings = HandlerSettings.from_model_config({"handler": {"no_face": "whole_image", "min_image_side": 1,
+                                                              "max_aspect_ratio": 1}})
+    assert (settings.no_face, settings.min_image_side, settings.max_aspect_ratio) == ("whole_image", 1, 1.0)
+    limits = settings.geometry_limits()
+    assert (limits.min_side, limits.max_aspect_ratio) == (1, 1.0)
+    assert limits.refusal((5, 5)) is None and limits.refusal((6, 5)) is not None
+    with pytest.raises(ValueError, match="'no_face'"):
+        HandlerSettings(no_face="ignore")

@@ -5,6 +5,7 @@ from handler.verdict import (
     ACCEPTED,
     ERROR_STATUS,
     NO_FACE_NOTE,
+    STATUS_PHRASES,
     InputLimits,
     ItemScores,
     VerdictPolicy,
@@ -37,7 +38,8 @@ def test_threshold_moves_the_decision():
 
 @pytest.mark.parametrize(("code", "status"), [("image_too_large", 413), ("payload_too_large", 413),
                                              ("not_an_image", 415), ("corrupt_image", 400), ("missing_image", 400),
-                                             ("non_finite_score", 500)])
+                                             ("non_finite_score", 500), ("no_face_found", 422),
+                                             ("degenerate_image", 422)])
 def test_error_items_carry_status_code_message_field_and_what_is_accepted(code, status):
     limits = InputLimits(max_image_pixels=1234, max_upload_bytes=5678)
     got_status, body = error_item(ImageDecodeError(code, "why", "data"), limits)
@@ -57,7 +59,7 @@ def test_every_error_code_has_a_sentence_with_the_limits_in_force():
     limits = InputLimits(max_image_pixels=2_500_000, max_upload_bytes=3 * 2**20)
     for code in {*ACCEPTED, *ERROR_STATUS}:
         sentence = accepted(code, limits)
-        placeholders = ("{formats}", "{pixels}", "{side}", "{bytes}", "{mib}")
+        placeholders = ("{formats}", "{pixels}", "{side}", "{bytes}", "{mib}", "{min_side}", "{max_aspect}")
         assert sentence.endswith(".") and not any(name in sentence for name in placeholders), (code, sentence)
     for code in ("not_an_image", "corrupt_image", "empty_input", "missing_image", "bad_base64", "invalid_json"):
         sentence = accepted(code, limits)
@@ -69,6 +71,14 @@ def test_every_error_code_has_a_sentence_with_the_limits_in_force():
     assert "2500000 pixels" in too_large and "1581x1581" in too_large
     assert "3145728 bytes (3 MiB)" in accepted("payload_too_large", limits)
     assert all(word in accepted("invalid_option", limits) for word in ("true", "false", "X-Uncalibrated"))
+    shaped = accepted("degenerate_image", InputLimits(min_image_side=48, max_aspect_ratio=2.5))
+    assert "at least 48 pixels" in shaped and "at most 2.5 times" in shaped
+    assert "face" in accepted("no_face_found", limits) and "crop" in accepted("no_face_found", limits)
+
+
+def test_every_status_a_code_can_have_has_a_reason_phrase():
+    assert set(ERROR_STATUS.values()) <= set(STATUS_PHRASES)
+    assert STATUS_PHRASES[422] == "Unprocessable Entity"
 
 
 def test_an_unknown_code_is_a_400_that_lists_the_input_forms():

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from handler.faces import FaceBox
-from handler.forensics import ImageDecodeError
-from handler.scoring import REGION_FACES, REGION_NO_FACE, REGION_WHOLE_IMAGE, ScoredRegions
+from handler.faces import FaceBox, FaceConfig
+from handler.forensics import ImageDecodeError, PreprocessConfig
+from handler.scoring import NO_FACE_REFUSE, REGION_FACES, REGION_NO_FACE, REGION_NONE, REGION_WHOLE_IMAGE, ScoredRegions
 from handler.verdict import ItemScores, VerdictPolicy
 from handler.video import (
     FrameRegions,
+    SampledFrame,
     VideoConfig,
+    VideoFrames,
     VideoInfo,
     VideoRegions,
     read_frames,
@@ -23,8 +25,9 @@ from handler.video import (
     top_k_mean,
     uniform_indices,
     video_answer,
+    video_regions,
 )
-from tests.handler.face_images import encode
+from tests.handler.face_images import ONE_FACE_PHOTOS, at_height, encode, no_face, photo_rgb
 from tests.handler.video_files import (
     AVI,
     FORMATS,
@@ -184,7 +187,8 @@ def test_the_video_score_is_the_mean_of_its_top_k_frames():
 
 def _regions(kind: str, faces: int) -> ScoredRegions:
     boxes = tuple(FaceBox(10 * n, 5, 20, 20) for n in range(faces)) if kind == REGION_FACES else ()
-    return ScoredRegions(kind, boxes, tuple(torch.zeros(4, 8, 8) for _ in range(max(1, faces))))
+    inputs = 0 if kind == REGION_NONE else max(1, faces)
+    return ScoredRegions(kind, boxes, tuple(torch.zeros(4, 8, 8) for _ in range(inputs)))
 
 
 def test_the_answer_carries_the_top_k_verdict_the_video_facts_and_a_timeline_in_time_order():
@@ -202,7 +206,7 @@ def test_the_answer_carries_the_top_k_verdict_the_video_facts_and_a_timeline_in_
     assert answer["uncalibrated"]["probability_fake"] == pytest.approx((0.8 + 0.6) / 2)
     assert answer["video"] == {
         "container": "webm", "duration_s": pytest.approx(37 / 24), "fps": 24.0, "frame_count": 37, "width": 320,
-        "height": 240, "frames_sampled": 5, "frames_scored": 4,
+        "height": 240, "frames_sampled": 5, "frames_scored": 4, "frames_without_face": 1,
         "aggregation": {"rule": "top_k_mean", "k": 2, "top_fraction": 0.5, "decided_by_frames": [0, 24]}}
     timeline = answer["timeline"]
     assert [entry["frame"] for entry in timeline] == [0, 12, 24, 36]
@@ -214,11 +218,56 @@ def test_the_answer_carries_the_top_k_verdict_the_video_facts_and_a_timeline_in_
     assert timeline[1]["scored"] == REGION_NO_FACE and timeline[1]["faces"] == []
 
 
+def test_frames_without_a_face_under_refuse_stay_in_the_timeline_but_out_of_the_verdict():
+    frames = (FrameRegions(0, 0.0, _regions(REGION_NONE, 0)), FrameRegions(10, 0.5, _regions(REGION_FACES, 1)),
+              FrameRegions(20, 1.0, _regions(REGION_NONE, 0)), FrameRegions(30, 1.5, _regions(REGION_FACES, 2)))
+    video = VideoRegions(VideoInfo("mp4", 20.0, 31, 320, 240), 4, frames)
+    assert len(video.inputs) == 3 and video.faces_looked_for
+    scores = [ItemScores(0.3, 0.2), ItemScores(0.8, 0.7), ItemScores(0.6, 0.5)]
+    assert [len(frame) for frame in video.frame_scores(scores)] == [0, 1, 0, 2]
+    answer = video_answer(video, scores, VerdictPolicy(threshold=0.5), top_fraction=0.5, calibrated=True,
+                          uncalibrated=True)
+    # Two judged frames (0.3 and 0.8, the most-fake face of frame 30): k = 1, frame 30 decides.
+    assert answer["probability_fake"] == pytest.approx(0.8) and answer["uncalibrated"]["probability_fake"] == 0.7
+    facts = answer["video"]
+    assert (facts["frames_scored"], facts["frames_without_face"], facts["aggregation"]["k"]) == (2, 2, 1)
+    assert facts["aggregation"]["decided_by_frames"] == [30]
+    timeline = answer["timeline"]
+    assert [entry["frame"] for entry in timeline] == [0, 10, 20, 30]
+    assert [entry["probability_fake"] for entry in timeline] == [None, 0.3, None, 0.8]
+    assert [entry["label"] for entry in timeline] == [None, "real", None, "fake"]
+    assert [entry["scored"] for entry in timeline] == [REGION_NONE, REGION_FACES, REGION_NONE, REGION_FACES]
+    assert timeline[0]["faces"] == timeline[2]["faces"] == []
+
+
+def test_a_face_model_refuses_a_video_with_no_face_in_any_frame_and_keeps_the_faceless_frames(face_photos_dir):
+    blank = no_face(240, 320)
+    face = blank.copy()
+    face[:, 40:280] = at_height(photo_rgb(face_photos_dir, ONE_FACE_PHOTOS[0]), 240)  # a 240x240 portrait
+    preprocess = PreprocessConfig(input_size=(64, 64))
+
+    def sampled(*rgbs):
+        frames = tuple(SampledFrame(index, index / 10.0, rgb) for index, rgb in enumerate(rgbs))
+        return VideoFrames(VideoInfo("mp4", 10.0, len(rgbs), 320, 240), frames, len(rgbs))
+
+    with pytest.raises(ImageDecodeError) as raised:
+        video_regions(sampled(blank, blank, blank), preprocess, FaceConfig(), NO_FACE_REFUSE)
+    assert raised.value.code == "no_face_found" and "any of the video's 3 sampled frames" in str(raised.value)
+    mixed = video_regions(sampled(blank, face, blank), preprocess, FaceConfig(), NO_FACE_REFUSE)
+    assert [frame.regions.scored for frame in mixed.frames] == [REGION_NONE, REGION_FACES, REGION_NONE]
+    assert len(mixed.inputs) == 1
+    fallback = video_regions(sampled(blank, blank), preprocess, FaceConfig())  # whole_image: each frame scored whole
+    assert [frame.regions.scored for frame in fallback.frames] == [REGION_NO_FACE] * 2 and len(fallback.inputs) == 2
+    whole = video_regions(sampled(blank), preprocess, None, NO_FACE_REFUSE)  # no face looked for: nothing refused
+    assert whole.frames[0].regions.scored == REGION_WHOLE_IMAGE and not whole.faces_looked_for
+
+
 def test_whole_frames_carry_no_faces_and_scores_must_match_the_inputs():
     video = VideoRegions(VideoInfo("mp4", 10.0, 2, 8, 8), 2, (FrameRegions(0, 0.0, _regions(REGION_WHOLE_IMAGE, 0)),
                                                               FrameRegions(1, 0.1, _regions(REGION_WHOLE_IMAGE, 0))))
     answer = video_answer(video, [ItemScores(0.3, 0.3), ItemScores(0.1, 0.1)], VerdictPolicy(), 0.25, False, False)
     assert all("faces" not in entry for entry in answer["timeline"]) and "uncalibrated" not in answer
+    assert "frames_without_face" not in answer["video"]  # faces were not looked for
     assert answer["probability_fake"] == pytest.approx(0.3) and answer["calibrated"] is False
     with pytest.raises(ValueError):
         video.frame_scores([ItemScores(0.3, 0.3)])

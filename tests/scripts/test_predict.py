@@ -230,6 +230,19 @@ def test_videos_are_sent_as_video_and_recorded_with_their_timeline(tmp_path):
     assert (record.scored, record.video_frames_scored, record.video_timeline) == ("video", 2, "0:0.1000 1.8:0.2500")
     image = record_from_answer(tmp_path / "a.jpg", 200, {"label": "real", "scored": "whole_image"}, 5.0)
     assert (image.scored, image.video_frames_scored, image.video_timeline) == ("whole_image", None, None)
+    # A face model's frame without a face has a null score: listed by the server, left out of the record's timeline.
+    answer["timeline"].insert(1, {"frame": 4, "time_s": 0.8, "probability_fake": None, "label": None,
+                                  "scored": "no_face", "faces": []})
+    assert record_from_answer(tmp_path / "a.mp4", 200, answer, 5.0).video_timeline == "0:0.1000 1.8:0.2500"
+
+
+def test_an_image_the_model_cannot_judge_is_recorded_with_its_422_code_and_message(tmp_path):
+    body = {"error": {"code": "no_face_found", "status": 422, "field": "body", "accepted": "Photos in which ...",
+                      "message": "no face was found in the image; this model judges faces only"}}
+    record = record_from_answer(tmp_path / "landscape.jpg", 422, body, 7.0)
+    assert (record.status, record.error_code, record.ok, record.label) == (422, "no_face_found", False, None)
+    assert record.error_message == body["error"]["message"]
+    assert summarize(RunResult([record], 1.0, 1)).startswith("1 files, 0 ok, 1 errors (no_face_found 1)")
 
 
 @e2e

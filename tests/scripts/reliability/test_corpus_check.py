@@ -43,7 +43,7 @@ def error_body(code: str, field: str | None, status: int, **changes) -> bytes:
 def test_the_expected_answer_has_no_problems():
     assert answer_problems(CORPUS["truncated_png"], 400, error_body("corrupt_image", "body", 400)) == []
     verdict = json.dumps({"label": "real", "probability_fake": 0.2}).encode()
-    assert answer_problems(CORPUS["one_pixel"], 200, verdict) == []
+    assert answer_problems(CORPUS["png_16_bit"], 200, verdict) == []
     assert answer_problems(CORPUS["raw_over_request_limit"], 413, b"") == []
 
 
@@ -56,8 +56,8 @@ def test_the_expected_answer_has_no_problems():
     ("truncated_png", 400, error_body("corrupt_image", "body", 415), "differs from the HTTP status"),
     ("truncated_png", 400, b"<html>oops</html>", "not JSON"),
     ("truncated_png", 400, b'{"error": "flat"}', "expected a JSON error body"),
-    ("one_pixel", 200, b'{"label": "maybe", "probability_fake": 1.5}', "label 'maybe'"),
-    ("one_pixel", 200, b'{"label": "maybe", "probability_fake": 1.5}', "not in [0, 1]"),
+    ("png_16_bit", 200, b'{"label": "maybe", "probability_fake": 1.5}', "label 'maybe'"),
+    ("png_16_bit", 200, b'{"label": "maybe", "probability_fake": 1.5}', "not in [0, 1]"),
     ("raw_over_request_limit", 413, b'{"error": {}}', "should have an empty body"),
 ])
 def test_every_way_an_answer_can_be_wrong_is_named(name, status, content, phrase):
