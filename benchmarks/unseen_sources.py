@@ -138,6 +138,15 @@ def split_manifests(config: UnseenConfig) -> tuple[Path, Path]:
     return written[0], written[1]
 
 
+def swaps_dir(config: UnseenConfig, name: str) -> Path:
+    """The swap set of the test people or the held-out source: shared by every lever with the same held-out source.
+
+    The swaps depend on the data and the subject split alone (both fixed by the held-out source and the
+    seed), not on the model, so levers are compared on the very same fakes and the set is made once.
+    """
+    return config.work_dir / "swaps" / f"without-{config.holdout}" / name
+
+
 def evaluate_command(export: Path, dataset: Path, output: Path, *extra: str) -> list[str]:
     """training.evaluate on face crops, every probe row, broken down by source (and family, for swaps)."""
     return [sys.executable, "-m", "training.evaluate", "--model", str(export), "--dataset", str(dataset),
@@ -173,10 +182,11 @@ def run_all(config: UnseenConfig) -> dict[str, Any]:
     if "swaps" not in config.skip and swaps_available():
         for name, manifest, extra in (("test", run / "splits.csv", ["--split", "test"]),
                                       ("heldout", heldout_manifest, [])):
-            swaps = config.run_dir / f"swaps-{name}"
-            seconds[f"make_swaps_{name}"] = run_stage(f"make swaps ({name})", [
-                sys.executable, "-m", "training.make_swaps", "--dataset", str(manifest), *extra,
-                "--output-dir", str(swaps)], log / f"make-swaps-{name}.log")
+            swaps = swaps_dir(config, name)
+            if not (swaps / "manifest.csv").is_file():
+                seconds[f"make_swaps_{name}"] = run_stage(f"make swaps ({name})", [
+                    sys.executable, "-m", "training.make_swaps", "--dataset", str(manifest), *extra,
+                    "--output-dir", str(swaps)], log / f"make-swaps-{name}.log")
             seconds[f"evaluate_swaps_{name}"] = run_stage(f"evaluate swaps ({name})", evaluate_command(
                 export, swaps / "manifest.csv", config.run_dir / f"eval-swaps-{name}", "--group-by", "family",
                 "dataset", "--no-robustness"), log / f"eval-swaps-{name}.log")
@@ -283,6 +293,27 @@ TABLE_HEADER = ("| lever | held out | held-out FPR [95 %] | swap AUC [95 %] | in
                 "held-out FPR warm / cool cast | train min |\n|---|---|---|---|---|---|---|---|")
 
 
+def probe_table(summaries: list[dict[str, Any]], section: str = "heldout") -> str:
+    """Markdown: one row per probe condition, one column per lever: FPR of the reals at the served threshold."""
+    conditions = list(summaries[0][section]) if summaries else []
+    header = "| condition | " + " | ".join(f"{s['name']} (without {s['holdout']})" for s in summaries) + " |"
+    lines = [header, "|" + "---|" * (len(summaries) + 1)]
+    for condition in conditions:
+        cells = [f"{s[section][condition]['fpr']:.3f}" if condition in s[section] else "n/a" for s in summaries]
+        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_tables(folder: Path) -> str:
+    """Every summary in `folder` (oldest first) as the ablation table and the held-out probe table."""
+    paths = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime)
+    summaries = [json.loads(path.read_text()) for path in paths]
+    rows = "\n".join(table_row(summary) for summary in summaries)
+    return (f"{TABLE_HEADER}\n{rows}\n\nFalse-positive rate of the held-out source's real photos at the served "
+            f"threshold, per probe:\n\n{probe_table(summaries)}\n\nThe same for the test people of the training "
+            f"sources:\n\n{probe_table(summaries, 'in_distribution')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the stages and writes the summary; exits 1 when a target is missed (the summary is written either way)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -300,7 +331,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="reuse that stage's output already in --work-dir (repeatable)")
     parser.add_argument("--out", type=Path, help="summary JSON (default benchmarks/results/unseen_sources/"
                                                  "NAME-without-HOLDOUT.json)")
+    parser.add_argument("--tables", action="store_true", help="only print the tables of every summary already in "
+                                                              "benchmarks/results/unseen_sources/ and exit")
     args = parser.parse_args(argv)
+    if args.tables:
+        print(render_tables(REPO_ROOT / "benchmarks" / "results" / "unseen_sources"))
+        return 0
     config = UnseenConfig(args.name, args.holdout, args.data_root.resolve(), args.work_dir.resolve(),
                           args.recipe.resolve(), tuple(args.overrides),
                           args.out or REPO_ROOT / "benchmarks" / "results" / "unseen_sources" /

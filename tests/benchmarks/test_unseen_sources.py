@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.unseen_sources import TABLE_HEADER, UnseenConfig, split_manifests, summarise, table_row
+from benchmarks.unseen_sources import TABLE_HEADER, UnseenConfig, probe_table, split_manifests, summarise, table_row
 from training.prepare import FACES_FILENAME
 
 COLUMNS = ["path", "label", "subject", "dataset"]
@@ -103,3 +103,12 @@ def test_summary_judges_each_target_from_the_evaluations(config):
 def test_summary_without_an_evaluation_says_what_is_missing(config):
     with pytest.raises(SystemExit, match="run without --skip"):
         summarise(config, {})
+
+
+def test_probe_table_has_a_column_per_lever_and_a_row_per_condition():
+    summaries = [{"name": name, "holdout": "congress",
+                  "heldout": {"clean": {"fpr": fpr}, "cast_warm": {"fpr": fpr + 0.1}}}
+                 for name, fpr in (("baseline", 0.9), ("colour", 0.2))]
+    lines = probe_table(summaries).splitlines()
+    assert lines[0] == "| condition | baseline (without congress) | colour (without congress) |"
+    assert lines[2:] == ["| clean | 0.900 | 0.200 |", "| cast_warm | 1.000 | 0.300 |"]
