@@ -6,7 +6,7 @@ image never has (black rotation corners) or erase the evidence (strong blur, hea
 the blending seam at the face border) are avoided or kept mild.
 
 Order: geometric (crop → flip → rotation) → photometric (white-balance cast, colour jitter) → degradations
-(blur → JPEG).
+(down-up resampling → blur → JPEG).
 This is the order in which an uploaded face photo is made: framed, colour-edited, softened by optics
 or resampling, and compressed last. JPEG must come last so its block artefacts reach the Laplacian
 channel unaltered, as in a served JPEG; a later rotation or blur would smooth them away. Working at
@@ -47,7 +47,8 @@ _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(7, 11)
 _JITTER_ORDER = slice(11, 15)
 _BLUR, _SIGMA, _JPEG, _QUALITY = range(15, 19)
 _CAST, _WARMTH, _TINT = range(19, 22)
-_DRAW_COUNT = 22
+_RESAMPLE, _RESAMPLE_SCALE = range(22, 24)
+_DRAW_COUNT = 24
 
 # Luma weights torchvision's ColorJitter uses for contrast and saturation.
 _GREY_WEIGHTS = np.array([0.2989, 0.587, 0.114])
@@ -91,6 +92,11 @@ class AugmentConfig:
             under a mild warm cast (R x1.15, B x0.8, t ≈ 0.18). The cast covers the whole image, self-blends
             included (they are made before augmentation), so a global cast carries no label and only the local
             colour disagreement of a blend does.
+        resample_probability: share of images shrunk and enlarged back, as a small or upscaled source photo is.
+        resample_scale: (low, high) range of the shrink factor (area averaging), then bilinear enlargement back.
+            Measured (docs/EVALUATION.md): a model trained without it learns that a soft face is a blend (the
+            self-blend's copy is often resampled), and calls real portraits from a smaller camera or upload fake
+            when they are halved in size.
         blur_probability: share of images given a Gaussian blur (soft focus, earlier resampling).
         blur_sigma: blur standard deviation range in output pixels; past ~1.5 the edge evidence is gone.
         jpeg_probability: share of images re-compressed as JPEG, as sharing sites do.
@@ -110,6 +116,8 @@ class AugmentConfig:
     hue: float = 0.02
     colour_cast_probability: float = 0.0
     colour_cast: float = 0.0
+    resample_probability: float = 0.0
+    resample_scale: tuple[float, float] = (0.3, 0.9)
     blur_probability: float = 0.3
     blur_sigma: tuple[float, float] = (0.1, 1.5)
     jpeg_probability: float = 0.5
@@ -117,19 +125,20 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         for name in ("horizontal_flip_probability", "rotation_probability", "blur_probability", "jpeg_probability",
-                     "colour_cast_probability"):
+                     "colour_cast_probability", "resample_probability"):
             _check(name, 0 <= getattr(self, name) <= 1, "a probability in [0, 1]")
         for name in ("rotation_degrees", "brightness", "contrast", "saturation"):
             _check(name, getattr(self, name) >= 0, "0 or more")
         _check("rotation_degrees", self.rotation_degrees <= 180, "at most 180")
         _check("hue", 0 <= self.hue <= 0.5, "in [0, 0.5] (a fraction of a full turn)")
         _check("colour_cast", 0 <= self.colour_cast <= 1, "in [0, 1] (a natural-log gain)")
-        for name in ("crop_scale", "crop_ratio", "blur_sigma", "jpeg_quality"):
+        for name in ("crop_scale", "crop_ratio", "blur_sigma", "jpeg_quality", "resample_scale"):
             value = getattr(self, name)
             _check(name, len(value) == 2 and value[0] <= value[1], "a range [low, high] with low <= high")
         _check("crop_scale", 0 < self.crop_scale[0] and self.crop_scale[1] <= 1, "within (0, 1]")
         _check("crop_ratio", self.crop_ratio[0] > 0, "positive")
         _check("blur_sigma", self.blur_sigma[0] >= 0, "0 or more")
+        _check("resample_scale", 0 < self.resample_scale[0] and self.resample_scale[1] <= 1, "within (0, 1]")
         _check("jpeg_quality", 1 <= self.jpeg_quality[0] and self.jpeg_quality[1] <= 100, "within [1, 100]")
 
     def to_dict(self) -> dict[str, Any]:
@@ -223,6 +232,9 @@ class RgbAugmenter:
         image = self._geometric(np.ascontiguousarray(rgb), draws)
         image = self._colour_jitter(image, draws)
         config = self.config
+        if draws[_RESAMPLE] < config.resample_probability:
+            low, high = config.resample_scale
+            image = down_up(image, low + (high - low) * draws[_RESAMPLE_SCALE])
         if draws[_BLUR] < config.blur_probability:
             low, high = config.blur_sigma
             sigma = low + (high - low) * draws[_SIGMA]
@@ -337,6 +349,14 @@ def _crop_box(
     x0 = min(width - crop_w, int(draws[_CROP_X] * (width - crop_w + 1)))
     y0 = min(height - crop_h, int(draws[_CROP_Y] * (height - crop_h + 1)))
     return x0, y0, crop_w, crop_h
+
+
+def down_up(rgb: np.ndarray, scale: float) -> np.ndarray:
+    """Shrinks by `scale` with area averaging and enlarges back bilinearly: the look of a lower-resolution source."""
+    height, width = rgb.shape[:2]
+    small = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def recompress_jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:

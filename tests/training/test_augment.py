@@ -378,3 +378,18 @@ def test_colour_cast_fires_at_its_probability():
     config = replace(ALL_OFF, colour_cast_probability=0.3, colour_cast=0.3)
     changed = sum(not np.array_equal(augment(config, rgb, seed), rgb) for seed in range(400))
     assert 0.22 < changed / 400 < 0.38
+
+
+def test_resampling_alone_keeps_size_and_softens_the_image():
+    rgb = noisy_gradient(64, 64)
+    config = replace(ALL_OFF, resample_probability=1.0, resample_scale=(0.3, 0.3))
+    out = augment(config, rgb)
+    assert out.shape == rgb.shape
+    assert laplacian_variance(out) < 0.3 * laplacian_variance(rgb)
+    assert abs(out.astype(float).mean() - rgb.astype(float).mean()) < 2.0  # area averaging keeps the tone
+    assert np.array_equal(augment(replace(config, resample_probability=0.0), rgb), rgb)
+
+
+def test_resample_scale_must_be_a_shrink():
+    with pytest.raises(ValueError, match="resample_scale"):
+        AugmentConfig(resample_scale=(0.5, 1.5))
