@@ -162,14 +162,14 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_settings(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Overlays `update` on `base`; nested dicts (augment) merge key by key, and None means "not given"."""
     merged = dict(base)
     for key, value in update.items():
         if value is None:
             continue
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_settings(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -190,8 +190,8 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
     """
     values: dict[str, Any] = {}
     if path is not None:
-        values = _merge(values, yaml.safe_load(Path(path).read_text()) or {})
-    values = _merge(values, overrides)
+        values = merge_settings(values, yaml.safe_load(Path(path).read_text()) or {})
+    values = merge_settings(values, overrides)
     unknown = set(values) - FIELD_NAMES
     source = f" in {path}" if path else ""
     if unknown:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from handler.forensics import PreprocessConfig
 from training.augment import build_augmenter
-from training.config import AMP_MODES, TrainConfig, dotted_override, load_config, save_config
+from training.config import AMP_MODES, TrainConfig, dotted_override, load_config, merge_settings, save_config
 from training.dataset import CLASS_NAMES, FaceImageDataset, ScannedDataset, scan_dataset
 from training.distributed import (
     DistributedContext,
@@ -360,7 +360,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         key, separator, value = pair.partition("=")
         if not separator:
             parser.error(f"--set expects KEY=VALUE, got {pair!r}")
-        overrides.update(dotted_override(key.strip(), yaml.safe_load(value)))
+        # Merged, not updated: two `--set augment.X` must both survive (update kept only the last one).
+        overrides = merge_settings(overrides, dotted_override(key.strip(), yaml.safe_load(value)))
     try:
         return load_config(args.config, overrides)
     except ValueError as error:

@@ -8,7 +8,7 @@ from handler.calibration import Calibration
 from handler.metadata import ModelMetadata
 from training.config import TrainConfig
 from training.model import create_detector
-from training.train import main, train
+from training.train import main, parse_args, train
 
 EPOCH_METRICS = {"loss", "roc_auc", "average_precision", "accuracy", "precision", "recall", "f1", "eer", "ece",
                  "confusion_matrix", "train_loss", "train_images_per_s", "learning_rate", "epoch"}
@@ -148,16 +148,37 @@ def real_face_crops(tmp_path_factory):
     return root / "manifest.csv"
 
 
+@pytest.fixture(scope="module")
+def crops_listed_elsewhere(real_face_crops, tmp_path_factory):
+    """A manifest of the same crops in a folder of its own (with a copy of faces.json), listing them by absolute path:
+    how the leave-one-source-out runs train on a subset of prepared crops."""
+    import csv
+    import shutil
+
+    from training.prepare import FACES_FILENAME
+
+    folder = tmp_path_factory.mktemp("train_data")
+    shutil.copyfile(real_face_crops.parent / FACES_FILENAME, folder / FACES_FILENAME)
+    with real_face_crops.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with (folder / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "path": str(real_face_crops.parent / row["path"])} for row in rows)
+    return folder / "manifest.csv"
+
+
 @pytest.mark.slow  # a real training run (about a minute on 2 cores)
-def test_real_faces_plus_sbi_trains_a_face_model_from_real_photos_alone(real_face_crops, tmp_path):
+def test_real_faces_plus_sbi_trains_a_face_model_from_real_photos_alone(crops_listed_elsewhere, tmp_path):
     import csv
 
     from handler.faces import FaceConfig
     from training.sbi import SbiConfig
 
-    config = TrainConfig(dataset=real_face_crops, output_dir=tmp_path / "run", input_size=64, epochs=1,
+    # Landmark masks, and a manifest away from the crops: the evaluation below must still find the same fakes.
+    config = TrainConfig(dataset=crops_listed_elsewhere, output_dir=tmp_path / "run", input_size=64, epochs=1,
                          batch_size=8, val_fraction=0.25, test_fraction=0.25, device="cpu",
-                         sbi=SbiConfig(enabled=True))
+                         sbi=SbiConfig(enabled=True, mask="landmarks"))
     result = train(config)
     report = json.loads(result.report_path.read_text())
     split = report["data"]["split"]
@@ -166,7 +187,7 @@ def test_real_faces_plus_sbi_trains_a_face_model_from_real_photos_alone(real_fac
         assert split["splits"][name]["real"] == split["splits"][name]["fake"] > 0
     metadata = ModelMetadata.load(result.export.model_path.parent / "metadata.json")
     assert metadata.faces == FaceConfig()  # served on faces cut like the crops it was trained on
-    assert metadata.training["sbi"]["enabled"] is True
+    assert metadata.training["sbi"]["enabled"] is True and metadata.training["sbi"]["mask"] == "landmarks"
     with (tmp_path / "run" / "splits.csv").open() as handle:
         listed = list(csv.DictReader(handle))
     assert len(listed) == 16 and {row["label"] for row in listed} == {"real"}
@@ -189,3 +210,13 @@ def test_without_sbi_a_real_only_dataset_is_refused(real_face_crops, tmp_path):
 
     with pytest.raises(DatasetError, match="has no readable 'fake' image"):
         train(TrainConfig(dataset=real_face_crops, output_dir=tmp_path / "run", device="cpu"))
+
+
+def test_every_set_of_one_section_survives(tmp_path):
+    # Regression: each `--set augment.X` used to replace the whole augment section, keeping only the last one.
+    config = parse_args(["--dataset", str(tmp_path), "--output-dir", str(tmp_path / "run"),
+                         "--set", "augment.colour_cast_probability=0.8", "--set", "augment.colour_cast=0.3",
+                         "--set", "augment.hue=0.08", "--set", "sbi.mask=landmarks", "--set", "sbi.hue_shift=0",
+                         "--set", "early_stopping_patience=9"])
+    assert (config.augment.colour_cast_probability, config.augment.colour_cast, config.augment.hue) == (0.8, 0.3, 0.08)
+    assert config.sbi.mask == "landmarks" and config.sbi.hue_shift == 0.0 and config.early_stopping_patience == 9
