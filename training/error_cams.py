@@ -45,7 +45,7 @@ from handler.faces import FaceBox, crop_face
 from handler.forensics import PreprocessConfig, decode_for_model, decode_rgb, resize_rgb
 from handler.metadata import EXPLAIN_FILENAME, METADATA_FILENAME, ModelMetadata
 from handler.scoring import REGION_FACES, ExportedDetector, ScoredRegions, most_fake
-from training.dataset import relative_key
+from training.dataset import Sample
 from training.evaluate import (
     CLEAN,
     EVALUATION_JSON,
@@ -58,8 +58,8 @@ from training.evaluate import (
 from training.jsonsafe import write_json
 from training.perturbations import PERTURBATIONS
 from training.prepare import read_face_config
-from training.pseudo_fakes import blend_landmarks
-from training.sbi import SbiConfig, inner_face_box, rng_for, self_blend
+from training.pseudo_fakes import PseudoFakeMaker
+from training.sbi import SbiConfig, inner_face_box
 
 ERROR_CAMS_JSON = "error_cams.json"
 FALSE_POSITIVES_PNG = "false_positives.png"
@@ -273,8 +273,7 @@ class EvaluationContext:
     Attributes:
         root: the folder scores.csv's relative paths are relative to (training.dataset's root), or None.
         faces: the evaluation's face mode in --faces words (precropped, on, off), or None when unknown.
-        faces_json: the prepared dataset's faces.json the evaluation found (SBI twins are keyed relative to its
-            folder), or None.
+        faces_json: the prepared dataset's faces.json the evaluation found (its face settings), or None.
         sbi: whether the evaluation added SBI twins (a real with a twin was decoded at full size).
         seed: the evaluation's seed (fixes each twin).
 
@@ -360,8 +359,7 @@ def rebuild_regions(row: ScoreRow, path: Path, preprocess: PreprocessConfig, pla
         box = sbi_face_box(rgb, plan)
         if box is None:
             raise ErrorCamError(f"{path}: no face found to rebuild its SBI pseudo-fake; was --faces as evaluated?")
-        key = relative_key(path, context.faces_json.parent) if context.faces_json is not None else row.path
-        rgb = self_blend(rgb, box, sbi, rng_for(key, context.seed), blend_landmarks(rgb, box, sbi))
+        rgb = PseudoFakeMaker(sbi, fixed_seed=context.seed).blend(rgb, box, Sample(path, 0))  # as evaluate made it
     if row.condition != CLEAN:
         rgb = PERTURBATIONS[row.condition].apply(rgb)
     rgb = np.ascontiguousarray(rgb)

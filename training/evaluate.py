@@ -65,9 +65,9 @@ from training.perturbations import (
 )
 from training.plots import plot_reliability, plot_roc_curves, plot_score_histogram
 from training.prepare import FACES_FILENAME, PrepareError, read_face_config
-from training.pseudo_fakes import blend_landmarks
+from training.pseudo_fakes import PseudoFakeMaker
 from training.report import package_versions
-from training.sbi import SbiConfig, inner_face_box, needs_landmarks, rng_for, self_blend
+from training.sbi import SbiConfig, inner_face_box
 
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_MD = "evaluation.md"
@@ -453,24 +453,24 @@ class ScoringRun:
 
 
 def score_samples(data: EvaluationData, detector: ExportedDetector, plan: FacePlan, config: EvaluationConfig,
-                  sbi: SbiConfig | None, sbi_root: Path | None = None) -> ScoringRun:
+                  sbi: SbiConfig | None) -> ScoringRun:
     """Decodes each file once, adds its SBI pseudo-fake, perturbs each image, and scores every condition.
 
     The pseudo-fake is made from the clean image and then perturbed like its real, so a robustness row
-    compares the same pairs under the same degradation. It is seeded by the file's path relative to
-    `sbi_root` (the prepared dataset's folder, where faces.json lies), as training seeds its fixed
-    validation and test fakes, so evaluating a run's test split with the run's seed scores the very
-    fakes the run's own report measured.
+    compares the same pairs under the same degradation. It is made by training's own maker
+    (training.pseudo_fakes.PseudoFakeMaker.blend, seeded by the image's pixels and --seed) as training
+    makes its fixed validation and test fakes, so evaluating a run's test split with the run's seed
+    scores the very fakes the run's own report measured, wherever the run's manifest listed the files.
     """
     preprocess = detector.metadata.preprocessing
     scorer = _BatchScorer(detector, config.batch_size)
     pending: list[_Pending] = []
     run = ScoringRun([])
     root = data.scanned.root
+    fakes = PseudoFakeMaker(sbi, fixed_seed=config.seed) if sbi is not None else None
     for sample in tqdm(data.samples, desc="evaluating", unit="image", disable=None, dynamic_ncols=True):
         key = relative_key(sample.path, root)
-        sbi_key = relative_key(sample.path, sbi_root) if sbi_root is not None else key
-        makes_sbi = sbi is not None and sample.label == CLASS_NAMES.index("real")
+        makes_sbi = fakes is not None and sample.label == CLASS_NAMES.index("real")
         encoded = sample.path.read_bytes()
         # Decoded as the service decodes it: full size where faces are cut, else as the model input wants it
         # (reduced JPEG decoding for a model trained so). A real that gets an SBI twin is decoded at full size,
@@ -483,10 +483,7 @@ def score_samples(data: EvaluationData, detector: ExportedDetector, plan: FacePl
             if box is None:
                 run.sbi_no_face.append(key)
             else:
-                points = blend_landmarks(rgb, box, sbi)
-                run.sbi_ellipse_fallbacks += needs_landmarks(sbi) and points is None
-                fake = self_blend(rgb, box, sbi, rng_for(sbi_key, config.seed), points)
-                images.append((CLASS_NAMES.index("fake"), True, fake))
+                images.append((CLASS_NAMES.index("fake"), True, fakes.blend(rgb, box, sample)))
                 run.sbi_fakes += 1
         for label, is_sbi, image in images:
             for condition in config.conditions:
@@ -496,6 +493,7 @@ def score_samples(data: EvaluationData, detector: ExportedDetector, plan: FacePl
                 pending.append(_Pending(key, label, is_sbi, condition, regions.scored, regions.boxes,
                                         sample.subject or "", data.groups.get(sample.path, {})))
     scorer.flush()
+    run.sbi_ellipse_fallbacks = fakes.landmarks.fallbacks if fakes is not None else 0
     for owner, item in enumerate(pending):
         scores = scorer.scores[owner]
         deciding = most_fake(scores)
@@ -794,7 +792,7 @@ def evaluate(config: EvaluationConfig) -> EvaluationResult:
     dataset_faces, faces_json = dataset_face_config(config.dataset, data.scanned.samples)
     plan = resolve_face_plan(config.faces, metadata.faces, dataset_faces)
     sbi = sbi_config_of(metadata.training) if config.sbi else None
-    run = score_samples(data, detector, plan, config, sbi, faces_json.parent if faces_json else None)
+    run = score_samples(data, detector, plan, config, sbi)
 
     threshold = metadata.threshold
     conditions = by_condition(run.items)

@@ -3,7 +3,9 @@
 Splitting happens on the real images first (by subject), then each split gets the self-blended
 twins of its own reals, so a person's blends never leak into another split. Training twins are
 drawn anew every epoch (more variety than a fixed set); validation and test twins are fixed per
-file, so model selection, calibration and the test report measure the same fakes every time.
+image (by its pixels and the run's seed), so model selection, calibration and the test report measure
+the same fakes every time, and training.evaluate, blending through :meth:`PseudoFakeMaker.blend`,
+scores those very fakes wherever the files are listed from.
 
 Landmark masks (`sbi.mask` landmarks or face_hull) need the face's 68 points: they are found once
 per file (training.landmarks, a few milliseconds) and kept in a small cache, since the same crop is
@@ -24,7 +26,7 @@ import torch
 from handler.faces import FaceBox, FaceConfig, detect_faces
 from training.dataset import CLASS_NAMES, Sample, relative_key
 from training.landmarks import face_landmarks
-from training.sbi import SbiConfig, inner_face_box, needs_landmarks, plausible_landmarks, rng_for, self_blend
+from training.sbi import SbiConfig, image_rng, inner_face_box, needs_landmarks, plausible_landmarks, self_blend
 from training.splits import DatasetSplit
 
 FAKE_LABEL = CLASS_NAMES.index("fake")
@@ -92,9 +94,10 @@ class PseudoFakeMaker:
         config: how blends are made.
         crop_margin: the images are face crops made by training.prepare with this margin, so the face is
             the crop's central square; None: the images are whole photos and the face is detected.
-        fixed_seed: val/test/evaluation: the same fake for a file every time, from (file, seed); None: a new
-            fake at every load, from torch's RNG (seeded per run and per DataLoader worker).
-        root: sample paths are keyed relative to this folder, so a moved dataset keeps its fixed fakes.
+        fixed_seed: val/test/evaluation: the same fake for an image every time, from (its pixels, seed), so a
+            moved dataset, or a run's splits.csv listing it by absolute path, keeps its fixed fakes; None: a
+            new fake at every load, from torch's RNG (seeded per run and per DataLoader worker).
+        root: the landmark cache keys sample paths relative to this folder.
         landmarks: the landmark cache and fallback counts of landmark masks (`landmarks.stats()`).
 
     """
@@ -113,21 +116,28 @@ class PseudoFakeMaker:
         return faces[0] if faces else inner_face_box(rgb.shape, FaceConfig().margin)
 
     def key(self, sample: Sample) -> str:
-        """The file's name for fixed fakes and the landmark cache: relative to `root` when given."""
+        """The file's name in the landmark cache: relative to `root` when given."""
         return sample.path.as_posix() if self.root is None else relative_key(sample.path, self.root)
 
-    def rng(self, sample: Sample) -> np.random.Generator:
-        """Fixed per file for evaluation splits, fresh for training."""
+    def rng(self, rgb: np.ndarray) -> np.random.Generator:
+        """Fixed per image for evaluation splits, fresh for training."""
         if self.fixed_seed is None:
             return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-        return rng_for(self.key(sample), self.fixed_seed)
+        return image_rng(rgb, self.fixed_seed)
 
-    def __call__(self, rgb: np.ndarray, sample: Sample) -> np.ndarray:
-        """The self-blend of `rgb`, the decoded image of the real `sample`."""
-        box = self.face_box(rgb)
+    def blend(self, rgb: np.ndarray, box: FaceBox, sample: Sample) -> np.ndarray:
+        """The self-blend of `rgb`, the decoded image of the real `sample`, on the face in `box`.
+
+        training.evaluate calls this with the box its --faces plan gives, so its pseudo-fakes are made
+        by the very code (landmarks, generator, blend) that made the run's validation and test fakes.
+        """
         points = self.landmarks.landmarks(self.key(sample), rgb, box, self.config) \
             if needs_landmarks(self.config) else None
-        return self_blend(rgb, box, self.config, self.rng(sample), points)
+        return self_blend(rgb, box, self.config, self.rng(rgb), points)
+
+    def __call__(self, rgb: np.ndarray, sample: Sample) -> np.ndarray:
+        """The self-blend of `rgb`, the decoded image of the real `sample`, on its face (:meth:`face_box`)."""
+        return self.blend(rgb, self.face_box(rgb), sample)
 
 
 def twin(sample: Sample) -> Sample:

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -19,7 +21,10 @@ from sklearn.metrics import (
 
 from handler.faces import FaceConfig, crop_face, detect_faces
 from handler.forensics import decode_rgb
+from handler.metadata import METADATA_FILENAME
 from handler.scoring import ExportedDetector, decode_for_scoring, most_fake, regions_to_score
+from training import evaluate as evaluate_module
+from training.dataset import scan_dataset
 from training.evaluate import (
     CLEAN,
     EVALUATION_JSON,
@@ -30,13 +35,15 @@ from training.evaluate import (
     EvaluationError,
     evaluate,
     main,
+    regions_for,
     resolve_face_plan,
     sbi_config_of,
 )
 from training.metrics import equal_error_rate, expected_calibration_error
 from training.perturbations import DEFAULT_PERTURBATIONS, PERTURBATION_GROUPS, PERTURBATIONS, Perturbation
-from training.prepare import FACES_FILENAME
-from training.sbi import inner_face_box, rng_for, self_blend
+from training.prepare import FACES_FILENAME, read_face_config
+from training.pseudo_fakes import PseudoFakeMaker, twin
+from training.sbi import SbiConfig, image_rng, inner_face_box, self_blend
 
 from .dataset_helpers import images, write_csv
 
@@ -425,16 +432,62 @@ def test_sbi_adds_one_deterministic_fake_per_real(face_export, crops, tmp_path):
 
 
 def test_sbi_fake_is_the_self_blend_of_the_crop(face_export, crops, tmp_path):
-    # The scored fake is exactly training.sbi's blend on the crop's inner face box with the file's own generator.
+    # The scored fake is exactly training.sbi's blend on the crop's inner face box with the image's own generator.
     run(face_export, crops, tmp_path, sbi=True, seed=5, perturbations=())
     detector = ExportedDetector.load(face_export)
     row = next(row for row in read_scores(tmp_path) if row["sbi"] == "1")
     rgb = decode_rgb((crops.parent / row["path"]).read_bytes())
     fake = self_blend(rgb, inner_face_box(rgb.shape, detector.metadata.faces.margin),
-                      sbi_config_of(detector.metadata.training), rng_for(row["path"], 5))
+                      sbi_config_of(detector.metadata.training), image_rng(rgb, 5))
     assert not np.array_equal(fake, rgb)
     scores = detector.score(torch.stack(regions_to_score(fake, detector.metadata.preprocessing, None).inputs))
     assert float(row["probability_fake"]) == pytest.approx(scores[0].calibrated, abs=1e-6)
+
+
+def sbi_export(export: Path, sbi: SbiConfig, folder: Path) -> Path:
+    """A copy of `export` (weights hard-linked) whose metadata.json says it was trained with `sbi`."""
+    shutil.copytree(export, folder, copy_function=os.link)
+    metadata = json.loads((folder / METADATA_FILENAME).read_text())
+    (folder / METADATA_FILENAME).unlink()  # a link to the shared export's file: replaced, never written through
+    metadata["training"]["sbi"] = sbi.to_dict()
+    (folder / METADATA_FILENAME).write_text(json.dumps(metadata))
+    return folder
+
+
+@pytest.mark.parametrize("mask", ["ellipse", "landmarks"])
+def test_sbi_fakes_are_the_trainers_own_test_fakes(face_export, crops, mask, tmp_path, monkeypatch):
+    # training.train makes each test fake with PseudoFakeMaker (fixed seed; the training manifest's folder as root);
+    # evaluating the run's splits.csv must score those very pixels, with either mask, also when the training
+    # manifest lies in a folder of its own and lists the crops by absolute path, as the leave-one-source-out runs
+    # train (a path key then names a file differently in training and in evaluation).
+    sbi = SbiConfig(enabled=True, mask=mask)
+    export = sbi_export(face_export, sbi, tmp_path / "export")
+    with crops.open(newline="") as handle:
+        listed = [str(crops.parent / row["path"]) for row in csv.DictReader(handle)]
+    (tmp_path / "train-data").mkdir()
+    shutil.copyfile(crops.parent / FACES_FILENAME, tmp_path / "train-data" / FACES_FILENAME)
+    trained_on = write_csv(tmp_path / "train-data" / "manifest.csv", ["path", "label"],
+                           [[path, "real"] for path in listed])
+    scanned = scan_dataset(trained_on, required_classes=("real",))
+    maker = PseudoFakeMaker(sbi, read_face_config(trained_on).margin, fixed_seed=7, root=scanned.root)  # as train does
+    trained = [maker(decode_rgb(sample.path.read_bytes()), twin(sample)) for sample in scanned.samples]
+    (tmp_path / "run").mkdir()
+    splits_csv = write_csv(tmp_path / "run" / "splits.csv", ["path", "label", "split"],
+                           [[path, "real", "test"] for path in listed])
+    scored: list[np.ndarray] = []  # every image evaluate cuts into model inputs: each real, then its fake
+
+    def spy(rgb: np.ndarray, plan, preprocess):
+        scored.append(rgb.copy())
+        return regions_for(rgb, plan, preprocess)
+
+    monkeypatch.setattr(evaluate_module, "regions_for", spy)
+    report = run(export, splits_csv, tmp_path / "out", split="test", sbi=True, faces="precropped", seed=7,
+                 perturbations=())
+    assert report["counts"]["sbi_fakes"] == len(trained) == 4
+    assert report["counts"]["sbi_ellipse_fallbacks"] == maker.landmarks.fallbacks == 0
+    assert maker.landmarks.blends == (4 if mask == "landmarks" else 0)  # the hull, from each crop's own points
+    for path, fake, expected in zip(listed, scored[1::2], trained, strict=True):
+        assert np.array_equal(fake, expected), f"{Path(path).name}: evaluate blended another fake than training"
 
 
 def test_sbi_on_photos_needs_a_face(tiny_export, photos, tmp_path):
@@ -464,8 +517,13 @@ def test_plots_and_markdown_are_written(clean_run):
         assert Path(path).read_bytes()[:8] == PNG_MAGIC
     markdown = (clean_run / EVALUATION_MD).read_text()
     assert report["command"] in markdown and report["command"].startswith("python -m training.evaluate --model ")
-    assert "| metric | value |" in markdown
-    assert f"| ROC AUC | {report['metrics']['roc_auc']:.4f} |" in markdown
+    assert "| metric | value [95 % interval] |" in markdown
+    low, high = report["metrics"]["intervals"]["roc_auc"]
+    assert low <= report["metrics"]["roc_auc"] <= high
+    assert f"| ROC AUC | {report['metrics']['roc_auc']:.4f} [{low:.4f}, {high:.4f}] |" in markdown
+    fpr_low, fpr_high = report["metrics"]["intervals"]["fpr_at_threshold"]
+    assert f"| FPR at threshold | {report['metrics']['fpr_at_threshold']:.4f} [{fpr_low:.4f}, {fpr_high:.4f}] |" \
+        in markdown
     assert "| condition | ROC AUC | Δ AUC vs clean |" in markdown
     for row in report["robustness"]:
         assert f"| {row['condition']} | {row['roc_auc']:.4f} | {row['roc_auc_change']:+.4f} |" in markdown
