@@ -39,7 +39,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.faces_sbi import check, run_stage
-from training.intervals import auc_interval
+from training.intervals import auc_interval, wilson_interval
+from training.metrics import choose_threshold
 from training.prepare import FACES_FILENAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,9 @@ TARGETS = {
     "in_distribution_roc_auc": (">=", 0.99),
     "in_distribution_ece": ("<=", 0.03),
 }
-STAGES = ("prepare", "train", "evaluate", "swaps")
+STAGES = ("prepare", "train", "evaluate", "swaps", "operating_points")
+# Threshold rules compared on the same model (training.metrics): each picks its threshold on the validation split.
+OPERATING_RULES = ("youden", "fpr_5pct", "fpr_2pct")
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,48 @@ def run_all(config: UnseenConfig) -> dict[str, Any]:
             seconds[f"evaluate_swaps_{name}"] = run_stage(f"evaluate swaps ({name})", evaluate_command(
                 export, swaps / "manifest.csv", config.run_dir / f"eval-swaps-{name}", "--group-by", "family",
                 "dataset", "--no-robustness"), log / f"eval-swaps-{name}.log")
+    if "operating_points" not in config.skip and not (config.run_dir / "eval-val" / "scores.csv").is_file():
+        seconds["evaluate_val"] = run_stage("evaluate validation", evaluate_command(
+            export, run / "splits.csv", config.run_dir / "eval-val", "--split", "val", "--sbi", "--no-robustness"),
+            log / "eval-val.log")
     return seconds
+
+
+def _clean_scores(scores_csv: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels 1 = fake, calibrated probability of fake) of the clean rows of an evaluation's scores.csv."""
+    rows = [row for row in csv.DictReader(scores_csv.open(newline="")) if row["condition"] == "clean"]
+    return (np.array([row["label"] == "fake" for row in rows], dtype=int),
+            np.array([float(row["probability_fake"]) for row in rows]))
+
+
+def operating_points(folder: Path) -> dict[str, dict[str, Any]]:
+    """The same model at each threshold rule of OPERATING_RULES, chosen on its validation split (no held-out data).
+
+    The served threshold is one rule's choice; a deployment that must keep unseen cameras' reals real can pick a
+    stricter rule at no training cost. Per rule: the threshold, then FPR (Wilson interval) and TPR of each set.
+    """
+    validation = folder / "eval-val" / "scores.csv"
+    if not validation.is_file():
+        return {}
+    labels, scores = _clean_scores(validation)
+    points = {}
+    for rule in OPERATING_RULES:
+        threshold = choose_threshold(labels, scores, rule)
+        sets = {}
+        for name in ("eval-test", "eval-heldout", "eval-swaps-test", "eval-swaps-heldout"):
+            if not (folder / name / "scores.csv").is_file():
+                continue
+            set_labels, set_scores = _clean_scores(folder / name / "scores.csv")
+            called = set_scores >= threshold
+            reals, fakes = set_labels == 0, set_labels == 1
+            false_positives = int(np.sum(called & reals))
+            sets[name.removeprefix("eval-")] = {
+                "fpr": false_positives / max(1, int(reals.sum())),
+                "fpr_interval": wilson_interval(false_positives, int(reals.sum())),
+                "tpr": float(np.sum(called & fakes) / max(1, int(fakes.sum()))),
+            }
+        points[rule] = {"threshold": threshold, "sets": sets}
+    return points
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -267,6 +311,7 @@ def summarise(config: UnseenConfig, seconds: dict[str, float]) -> dict[str, Any]
                                                "tpr": row["tpr_at_threshold"]} for row in test["robustness"]},
         "heldout": heldout_reals(heldout),
         "swaps": swap_rows,
+        "operating_points": operating_points(folder),
         "work_dir": str(folder),
     }
 
@@ -304,6 +349,24 @@ def probe_table(summaries: list[dict[str, Any]], section: str = "heldout") -> st
     return "\n".join(lines)
 
 
+def operating_table(summaries: list[dict[str, Any]]) -> str:
+    """Markdown: each lever at each threshold rule, the false-positive and detection rates of every set."""
+    lines = ["| lever | rule | threshold | test FPR | held-out FPR [95 %] | held-out SBI TPR | "
+             "swap TPR test / held-out |", "|---|---|---|---|---|---|---|"]
+    for summary in summaries:
+        for rule, point in summary.get("operating_points", {}).items():
+            sets = point["sets"]
+
+            def rate(name: str, key: str, sets: dict = sets) -> str:
+                return f"{sets[name][key]:.3f}" if name in sets else "n/a"
+
+            heldout = sets.get("heldout", {})
+            lines.append(f"| {summary['name']} | {rule} | {point['threshold']:.3f} | {rate('test', 'fpr')} | "
+                         f"{rate('heldout', 'fpr')}{_interval(heldout.get('fpr_interval'))} | "
+                         f"{rate('heldout', 'tpr')} | {rate('swaps-test', 'tpr')} / {rate('swaps-heldout', 'tpr')} |")
+    return "\n".join(lines)
+
+
 def render_tables(folder: Path) -> str:
     """Every summary in `folder` (oldest first) as the ablation table and the held-out probe table."""
     paths = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime)
@@ -311,7 +374,8 @@ def render_tables(folder: Path) -> str:
     rows = "\n".join(table_row(summary) for summary in summaries)
     return (f"{TABLE_HEADER}\n{rows}\n\nFalse-positive rate of the held-out source's real photos at the served "
             f"threshold, per probe:\n\n{probe_table(summaries)}\n\nThe same for the test people of the training "
-            f"sources:\n\n{probe_table(summaries, 'in_distribution')}")
+            f"sources:\n\n{probe_table(summaries, 'in_distribution')}\n\nThe same models at each threshold rule, "
+            f"chosen on their validation split:\n\n{operating_table(summaries)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.unseen_sources import TABLE_HEADER, UnseenConfig, probe_table, split_manifests, summarise, table_row
+from benchmarks.unseen_sources import (
+    TABLE_HEADER,
+    UnseenConfig,
+    operating_points,
+    operating_table,
+    probe_table,
+    split_manifests,
+    summarise,
+    table_row,
+)
 from training.prepare import FACES_FILENAME
 
 COLUMNS = ["path", "label", "subject", "dataset"]
@@ -112,3 +121,29 @@ def test_probe_table_has_a_column_per_lever_and_a_row_per_condition():
     lines = probe_table(summaries).splitlines()
     assert lines[0] == "| condition | baseline (without congress) | colour (without congress) |"
     assert lines[2:] == ["| clean | 0.900 | 0.200 |", "| cast_warm | 1.000 | 0.300 |"]
+
+
+def write_scores(path: Path, reals: list[float], fakes: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "condition", "probability_fake"])
+        writer.writerows([f"r{i}", "real", "clean", score] for i, score in enumerate(reals))
+        writer.writerows([f"f{i}", "fake", "clean", score] for i, score in enumerate(fakes))
+        writer.writerow(["x", "real", "jpeg_q50", 0.99])  # only clean rows count
+
+
+def test_operating_points_choose_on_validation_and_apply_to_every_set(tmp_path):
+    # validation: 50 reals at 0.00..0.49 plus two at 0.8 and 0.85; fakes spread above
+    write_scores(tmp_path / "eval-val" / "scores.csv", [i / 100 for i in range(50)] + [0.8, 0.85],
+                 [0.3, 0.6, 0.7, 0.9])
+    write_scores(tmp_path / "eval-heldout" / "scores.csv", [0.2, 0.5, 0.65, 0.85], [0.95, 0.6])
+    points = operating_points(tmp_path)
+    assert list(points) == ["youden", "fpr_5pct", "fpr_2pct"]
+    strict = points["fpr_2pct"]
+    assert strict["threshold"] == pytest.approx(0.85)  # one validation real of 52 (2 %) may be called fake
+    assert strict["sets"]["heldout"]["fpr"] == 0.25 and strict["sets"]["heldout"]["tpr"] == 0.5
+    assert points["youden"]["threshold"] < strict["threshold"]
+    assert points["youden"]["sets"]["heldout"]["fpr"] >= strict["sets"]["heldout"]["fpr"]
+    assert "| x | fpr_2pct | 0.850 |" in operating_table([{"name": "x", "operating_points": points}])
+    assert operating_points(tmp_path / "nothing") == {}
