@@ -46,6 +46,9 @@ _CROP_SCALE, _CROP_RATIO, _CROP_X, _CROP_Y, _FLIP, _ROTATE, _ANGLE = range(7)
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(7, 11)
 _JITTER_ORDER = slice(11, 15)
 _BLUR, _SIGMA, _JPEG, _QUALITY = range(15, 19)
+_BASE_DRAW_COUNT = 19
+# Drawn only when a run turns the white-balance cast or resampling on, so a run without them consumes exactly the
+# random numbers it did before these ops existed and reproduces its model.
 _CAST, _WARMTH, _TINT = range(19, 22)
 _RESAMPLE, _RESAMPLE_SCALE = range(22, 24)
 _DRAW_COUNT = 24
@@ -228,11 +231,12 @@ class RgbAugmenter:
         """
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
             raise ValueError(f"augmentation needs an RGB uint8 array [H, W, 3], got {rgb.dtype} {rgb.shape}")
-        draws = torch.rand(_DRAW_COUNT, dtype=torch.float64).tolist()
+        config = self.config
+        extra = config.colour_cast_probability > 0 or config.resample_probability > 0
+        draws = torch.rand(_DRAW_COUNT if extra else _BASE_DRAW_COUNT, dtype=torch.float64).tolist()
         image = self._geometric(np.ascontiguousarray(rgb), draws)
         image = self._colour_jitter(image, draws)
-        config = self.config
-        if draws[_RESAMPLE] < config.resample_probability:
+        if config.resample_probability and draws[_RESAMPLE] < config.resample_probability:
             low, high = config.resample_scale
             image = down_up(image, low + (high - low) * draws[_RESAMPLE_SCALE])
         if draws[_BLUR] < config.blur_probability:
@@ -301,7 +305,7 @@ class RgbAugmenter:
         """
         config = self.config
         strengths = (config.brightness, config.contrast, config.saturation, config.hue)
-        cast = config.colour_cast and draws[_CAST] < config.colour_cast_probability
+        cast = config.colour_cast and config.colour_cast_probability and draws[_CAST] < config.colour_cast_probability
         if not any(strengths) and not cast:
             return image
         linear, offset = np.eye(3), np.zeros(3)

@@ -393,3 +393,17 @@ def test_resampling_alone_keeps_size_and_softens_the_image():
 def test_resample_scale_must_be_a_shrink():
     with pytest.raises(ValueError, match="resample_scale"):
         AugmentConfig(resample_scale=(0.5, 1.5))
+
+
+@pytest.mark.parametrize(("config", "draws"), [
+    (AugmentConfig(), 19),  # as before the cast and resampling existed: old runs reproduce their models
+    (AugmentConfig(colour_cast_probability=0.5, colour_cast=0.2), 24),
+    (AugmentConfig(resample_probability=0.5), 24),
+])
+def test_the_new_ops_draw_random_numbers_only_when_turned_on(config, draws):
+    torch.manual_seed(0)
+    build_augmenter(config)(noisy_gradient(32, 32))
+    after = torch.rand(1).item()
+    torch.manual_seed(0)
+    torch.rand(draws, dtype=torch.float64)
+    assert torch.rand(1).item() == after
