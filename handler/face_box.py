@@ -27,3 +27,11 @@ class FaceBox:
     def to_list(self) -> list[int]:
         """[x, y, width, height], the form responses and manifests carry."""
         return [self.x, self.y, self.width, self.height]
+
+    def overlap(self, other: FaceBox) -> float:
+        """Intersection over the smaller box: 1 when one box lies inside the other (one face found twice)."""
+        left, top = max(self.x, other.x), max(self.y, other.y)
+        right = min(self.x + self.width, other.x + other.width)
+        bottom = min(self.y + self.height, other.y + other.height)
+        intersection = max(0, right - left) * max(0, bottom - top)
+        return intersection / max(1, min(self.area, other.area))

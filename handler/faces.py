@@ -143,7 +143,7 @@ def detect_faces_with_landmarks(rgb: np.ndarray, config: FaceConfig) -> list[Det
     faces.sort(key=lambda face: (-face.box.area, face.box.x, face.box.y))
     kept: list[DetectedFace] = []
     for face in faces:
-        if all(_overlap(face.box, other.box) < 0.3 for other in kept):
+        if all(face.box.overlap(other.box) < 0.3 for other in kept):
             kept.append(face)
     return kept[: config.max_faces]
 
@@ -186,14 +186,6 @@ DETECTORS: dict[str, Callable[[np.ndarray, FaceConfig, float, int], list[Detecte
     "haar": _haar_faces,
     "mtcnn": _mtcnn_faces,
 }
-
-
-def _overlap(a: FaceBox, b: FaceBox) -> float:
-    """Intersection over the smaller box: 1 when one box lies inside the other."""
-    left, top = max(a.x, b.x), max(a.y, b.y)
-    right, bottom = min(a.x + a.width, b.x + b.width), min(a.y + a.height, b.y + b.height)
-    intersection = max(0, right - left) * max(0, bottom - top)
-    return intersection / max(1, min(a.area, b.area))
 
 
 def crop_box(box: FaceBox, image_shape: tuple[int, ...], margin: float) -> FaceBox:

@@ -123,13 +123,6 @@ def _hog_faces(grey: np.ndarray, longer_side: int) -> list[FaceBox]:
     ]
 
 
-def _overlap(a: FaceBox, b: FaceBox) -> float:
-    """Intersection over the smaller box: 1 when one lies inside the other."""
-    width = min(a.x + a.width, b.x + b.width) - max(a.x, b.x)
-    height = min(a.y + a.height, b.y + b.height) - max(a.y, b.y)
-    return max(0, width) * max(0, height) / max(1, min(a.area, b.area))
-
-
 def _hog_box_near(grey: np.ndarray, box: FaceBox) -> FaceBox:
     """The HOG detection around a given box, or the box moved to where HOG would have put it."""
     height, width = grey.shape[:2]
@@ -141,9 +134,9 @@ def _hog_box_near(grey: np.ndarray, box: FaceBox) -> FaceBox:
         region = grey[top:bottom, left:right]
         longer = round(max(right - left, bottom - top) * _BOX_SIDE / side)
         found = [FaceBox(f.x + left, f.y + top, f.width, f.height) for f in _hog_faces(region, longer)]
-        found = [f for f in found if _overlap(f, box) >= _MIN_OVERLAP]
+        found = [f for f in found if f.overlap(box) >= _MIN_OVERLAP]
         if found:
-            return max(found, key=lambda f: (_overlap(f, box), f.area))
+            return max(found, key=lambda f: (f.overlap(box), f.area))
     dx, dy, sx, sy = _HAAR_TO_HOG
     return FaceBox(round(box.x + dx * box.width), round(box.y + dy * box.height),
                    max(1, round(sx * box.width)), max(1, round(sy * box.height)))
