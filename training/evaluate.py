@@ -293,18 +293,23 @@ def limit_samples(samples: Sequence[Sample], limit: int | None, seed: int) -> li
     return [samples[index] for index in sorted(chosen.tolist())]
 
 
-def read_manifest_columns(manifest: Path, columns: Sequence[str]) -> dict[Path, dict[str, str]]:
+def read_manifest_columns(manifest: Path, columns: Sequence[str], required: bool = True) -> dict[Path, dict[str, str]]:
     """The `columns` of every manifest row, by the file path as training.dataset resolves it.
 
+    Args:
+        manifest: a CSV manifest.
+        columns: the columns wanted.
+        required: a missing column is an error; False leaves it out of every row instead.
+
     Raises:
-        EvaluationError: a column is not in the manifest (the message lists the columns it has).
+        EvaluationError: a required column is not in the manifest (the message lists the columns it has).
 
     """
     with manifest.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = {name.strip().lower(): name for name in reader.fieldnames or [] if name is not None}
         missing = [column for column in columns if column.lower() not in header and column not in SAMPLE_COLUMNS]
-        if missing:
+        if missing and required:
             raise EvaluationError(f"--group-by {' '.join(missing)}: {manifest} has no such column; its columns are "
                                   f"{sorted(header)}")
         path_column = header.get("path")

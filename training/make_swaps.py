@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import sys
 import time
@@ -36,11 +35,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from handler.forensics import decode_rgb
 from training.dataset import CLASS_NAMES, DatasetError, Sample, scan_dataset
+from training.evaluate import read_manifest_columns
 from training.face_swap import (
     FAMILIES,
     MIN_FOREHEAD_VISIBILITY,
@@ -50,7 +49,7 @@ from training.face_swap import (
     swap_with_landmarks,
 )
 from training.landmarks import face_landmarks
-from training.prepare import FACES_FILENAME
+from training.prepare import FACES_FILENAME, PrepareError, write_png
 from training.sbi import rng_for
 
 MANIFEST_FILENAME = "manifest.csv"
@@ -106,23 +105,6 @@ class MakeSwapsConfig:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Planning (pure)
-
-
-def manifest_values(manifest: Path, columns: Sequence[str]) -> dict[Path, dict[str, str]]:
-    """The `columns` a CSV manifest has (others are ignored), by file path as training.dataset resolves it."""
-    if not manifest.is_file():
-        return {}
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = {name.strip().lower(): name for name in reader.fieldnames or [] if name is not None}
-        present = [column for column in columns if column.lower() in header]
-        values: dict[Path, dict[str, str]] = {}
-        for row in reader:
-            cell = (row.get(header.get("path", "")) or "").strip()
-            if cell:
-                path = Path(os.path.normpath(manifest.parent / cell))
-                values[path] = {column: (row.get(header[column.lower()]) or "").strip() for column in present}
-    return values
 
 
 def donor_order(target: Sample, pool: Sequence[Sample], values: Mapping[Path, Mapping[str, str]],
@@ -181,13 +163,6 @@ def swap_name(target: Sample, root: Path, family: str, taken: set[str]) -> str:
 def read_rgb(path: Path) -> np.ndarray:
     """An image as the trainer decodes it (handler.forensics.decode_rgb)."""
     return decode_rgb(path.read_bytes())
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Lossless PNG through OpenCV, as training.prepare writes its crops."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise SwapsError(f"OpenCV could not write {path}; check the output folder is writable and has space")
 
 
 def _prepare_output(config: MakeSwapsConfig) -> None:
@@ -310,7 +285,7 @@ def make_swaps(config: MakeSwapsConfig) -> dict[str, Any]:
         raise SwapsError(f"{source} has real images without a subject; a cross-identity swap needs subject ids "
                          "(a manifest with a subject column, e.g. training.prepare's manifest.csv)")
     _prepare_output(config)
-    values = manifest_values(source, ["dataset", *config.match])
+    values = read_manifest_columns(source, ["dataset", *config.match], required=False) if source.is_file() else {}
     pools: dict[str | None, list[Sample]] = {}
     for sample in reals:
         pools.setdefault(sample.split, []).append(sample)
@@ -416,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     try:
         report = make_swaps(config)
-    except SwapsError as error:
+    except (SwapsError, PrepareError) as error:
         sys.exit(f"make_swaps: {error}")
     print(summary_line(report))
 

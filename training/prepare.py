@@ -344,7 +344,7 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> None:
+def write_png(path: Path, rgb: np.ndarray) -> None:
     """Lossless, so the trainer decodes the crop's exact pixels; OpenCV's encoder is ~5x faster than Pillow's.
 
     Raises:
@@ -377,7 +377,7 @@ def process_source(item: SourceFile, config: PrepareConfig) -> SourceResult:
             several = len(boxes) > 1 and config.multi_face == "all"
             for face_index, box in choose_faces(boxes, config.multi_face):
                 name = crop_name(item.output_stem, frame, face_index if several else None)
-                _write_png(Path(config.output_dir) / name, crop_face(rgb, box, config.faces.margin))
+                write_png(Path(config.output_dir) / name, crop_face(rgb, box, config.faces.margin))
                 result.rows.append({
                     "path": name, "label": item.label, "subject": item.subject, "source": item.relative,
                     "frame": "" if frame is None else frame, "face_index": face_index, "face_x": box.x,
