@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.faces_sbi import check, run_stage
-from training.intervals import auc_interval, wilson_interval
+from training.intervals import auc_interval, rate_intervals
 from training.metrics import choose_threshold
 from training.prepare import FACES_FILENAME
 
@@ -156,11 +155,6 @@ def evaluate_command(export: Path, dataset: Path, output: Path, *extra: str) -> 
             "--faces", "precropped", "--perturbation", "all", "--output-dir", str(output), *extra]
 
 
-def swaps_available() -> bool:
-    """The unseen-family generator needs training.make_swaps (dlib landmarks)."""
-    return importlib.util.find_spec("training.make_swaps") is not None
-
-
 def run_all(config: UnseenConfig) -> dict[str, Any]:
     """The stages in order; returns the seconds each took."""
     seconds: dict[str, float] = {}
@@ -182,7 +176,7 @@ def run_all(config: UnseenConfig) -> dict[str, Any]:
         seconds["evaluate_heldout"] = run_stage("evaluate held-out source", evaluate_command(
             export, heldout_manifest, config.run_dir / "eval-heldout", "--sbi", "--group-by", "dataset"),
             log / "eval-heldout.log")
-    if "swaps" not in config.skip and swaps_available():
+    if "swaps" not in config.skip:
         for name, manifest, extra in (("test", run / "splits.csv", ["--split", "test"]),
                                       ("heldout", heldout_manifest, [])):
             swaps = swaps_dir(config, name)
@@ -200,9 +194,15 @@ def run_all(config: UnseenConfig) -> dict[str, Any]:
     return seconds
 
 
+def _clean_rows(scores_csv: Path) -> list[dict[str, str]]:
+    """The rows of an evaluation's scores.csv scored without perturbation."""
+    with scores_csv.open(newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row["condition"] == "clean"]
+
+
 def _clean_scores(scores_csv: Path) -> tuple[np.ndarray, np.ndarray]:
     """(labels 1 = fake, calibrated probability of fake) of the clean rows of an evaluation's scores.csv."""
-    rows = [row for row in csv.DictReader(scores_csv.open(newline="")) if row["condition"] == "clean"]
+    rows = _clean_rows(scores_csv)
     return (np.array([row["label"] == "fake" for row in rows], dtype=int),
             np.array([float(row["probability_fake"]) for row in rows]))
 
@@ -226,12 +226,10 @@ def operating_points(folder: Path) -> dict[str, dict[str, Any]]:
                 continue
             set_labels, set_scores = _clean_scores(folder / name / "scores.csv")
             called = set_scores >= threshold
-            reals, fakes = set_labels == 0, set_labels == 1
-            false_positives = int(np.sum(called & reals))
             sets[name.removeprefix("eval-")] = {
-                "fpr": false_positives / max(1, int(reals.sum())),
-                "fpr_interval": wilson_interval(false_positives, int(reals.sum())),
-                "tpr": float(np.sum(called & fakes) / max(1, int(fakes.sum()))),
+                "fpr": float(np.mean(called[set_labels == 0])) if np.any(set_labels == 0) else 0.0,
+                "fpr_interval": rate_intervals(set_labels, set_scores, threshold)["fpr_at_threshold"],
+                "tpr": float(np.mean(called[set_labels == 1])) if np.any(set_labels == 1) else 0.0,
             }
         points[rule] = {"threshold": threshold, "sets": sets}
     return points
@@ -246,7 +244,7 @@ def family_aucs(scores_csv: Path) -> dict[str, dict[str, Any]]:
 
     The evaluation's own per-family table cannot give it: a family's group holds only its fakes.
     """
-    rows = [row for row in csv.DictReader(scores_csv.open(newline="")) if row["condition"] == "clean"]
+    rows = _clean_rows(scores_csv)
     reals = [float(row["probability_fake"]) for row in rows if row["label"] == "real"]
     families = sorted({row["family"] for row in rows if row["label"] == "fake"})
     results = {}
