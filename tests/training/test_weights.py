@@ -21,15 +21,19 @@ MILITARY_UNIFORM = 652  # ImageNet-1k class index
 
 
 # Checked by hand: MobileNetV2 puts "military uniform" first (p~0.43); EfficientNet-Lite0 with its own
-# preprocessing (mean=std=0.5) ranks it third (p~0.18) behind "academic gown" and "mortarboard".
-@pytest.mark.parametrize(("name", "top_k"), [("mobilenetv2_100", 1), ("tf_efficientnet_lite0", 5)])
-def test_offline_imagenet_classifier_recognises_grace_hoppers_uniform(name, top_k):
+# preprocessing (mean=std=0.5) ranks it third (p~0.18) behind "academic gown" and "mortarboard"; Lite1 second
+# (p~0.09, behind "comic book"), Lite2 first (p~0.10). A wrong key order or random weights give p~0.001.
+@pytest.mark.parametrize(("name", "top_k", "min_probability"), [
+    ("mobilenetv2_100", 1, 0.1), ("tf_efficientnet_lite0", 5, 0.1),
+    ("tf_efficientnet_lite1", 5, 0.05), ("tf_efficientnet_lite2", 5, 0.05),
+])
+def test_offline_imagenet_classifier_recognises_grace_hoppers_uniform(name, top_k, min_probability):
     model = imagenet_classifier(name)
     image = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
     with torch.no_grad():
         probabilities = model(imagenet_preprocessing(model)(image).unsqueeze(0)).softmax(dim=1)[0]
     assert MILITARY_UNIFORM in probabilities.topk(top_k).indices.tolist()
-    assert probabilities[MILITARY_UNIFORM] > 0.1
+    assert probabilities[MILITARY_UNIFORM] > min_probability
 
 
 def test_every_source_is_described_for_help():
