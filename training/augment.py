@@ -229,12 +229,32 @@ class RgbAugmenter:
             ValueError: the input is not a uint8 [H, W, 3] array.
 
         """
+        return self.with_map(rgb)[0]
+
+    def with_map(self, rgb: np.ndarray, blend_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Augments one image and moves `blend_map` (float [H, W] in [0, 1]) through the same geometry.
+
+        The crop, flip and rotation apply to the map too, so a map of where a blend is stays on the blend
+        (training.blend_map); colour, resampling, blur and JPEG leave where it is unchanged. The image and the random
+        draws are exactly those of ``__call__``.
+
+        Raises:
+            ValueError: the input is not a uint8 [H, W, 3] array, or the map's size is not the image's.
+
+        """
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
             raise ValueError(f"augmentation needs an RGB uint8 array [H, W, 3], got {rgb.dtype} {rgb.shape}")
         config = self.config
         extra = config.colour_cast_probability > 0 or config.resample_probability > 0
+        if blend_map is not None and blend_map.shape != rgb.shape[:2]:
+            raise ValueError(f"blend map {blend_map.shape} does not match the image {rgb.shape[:2]}")
         draws = torch.rand(_DRAW_COUNT if extra else _BASE_DRAW_COUNT, dtype=torch.float64).tolist()
         image = self._geometric(np.ascontiguousarray(rgb), draws)
+        if blend_map is not None:
+            # The same geometry on a grey image of the map: one code path, so the two cannot drift apart.
+            grey = np.rint(np.clip(blend_map, 0.0, 1.0) * 255.0).astype(np.uint8)
+            moved = self._geometric(np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2)), draws)
+            blend_map = moved[:, :, 0].astype(np.float32) / 255.0
         image = self._colour_jitter(image, draws)
         if config.resample_probability and draws[_RESAMPLE] < config.resample_probability:
             low, high = config.resample_scale
@@ -247,7 +267,7 @@ class RgbAugmenter:
         if draws[_JPEG] < config.jpeg_probability:
             low, high = config.jpeg_quality
             image = recompress_jpeg(image, min(high, low + int(draws[_QUALITY] * (high - low + 1))))
-        return np.ascontiguousarray(image)
+        return np.ascontiguousarray(image), blend_map
 
     def _geometric(self, rgb: np.ndarray, draws: list[float]) -> np.ndarray:
         """RandomResizedCrop → horizontal flip → rotation, with one resize and at most one warp.

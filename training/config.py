@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from training.augment import AugmentConfig
+from training.blend_map import BLEND_MAP_TARGETS
 from training.sbi import SbiConfig
 
 PATH_FIELDS = ("dataset", "output_dir")
@@ -55,6 +56,9 @@ class TrainConfig:
         threshold: the threshold of the "fixed" rule, and of the per-epoch validation metrics.
         augment: RGB augmentation applied before the Laplacian channel is computed.
         sbi: self-blended pseudo-fakes (training.sbi): with sbi.enabled the dataset may hold real images only.
+        blend_map_weight: weight of the auxiliary loss that maps where each self-blend was pasted
+            (training.blend_map; needs sbi.enabled); 0 trains the classifier alone. Training only: exports are alike.
+        blend_map_target: what that map is: "boundary" (where copy and frame mix) or "region" (the pasted area).
         faults: fault-injection specs for robustness testing, e.g. ("label_noise:0.2", "skip_grad:0.5").
         amp: mixed precision mode, see AMP_MODES.
         channels_last: NHWC memory layout (faster convolutions on CPU and GPU).
@@ -87,6 +91,8 @@ class TrainConfig:
     threshold: float = 0.5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     sbi: SbiConfig = field(default_factory=SbiConfig)
+    blend_map_weight: float = 0.0
+    blend_map_target: str = "boundary"
     faults: tuple[str, ...] = ()
     amp: str = "auto"
     channels_last: bool = True
@@ -113,6 +119,13 @@ class TrainConfig:
             raise ValueError("val_fraction and test_fraction must be in [0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must leave something to train on")
+        if self.blend_map_target not in BLEND_MAP_TARGETS:
+            raise ValueError(f"blend_map_target must be one of {list(BLEND_MAP_TARGETS)}, "
+                             f"got {self.blend_map_target!r}")
+        if self.blend_map_weight < 0:
+            raise ValueError(f"blend_map_weight must be at least 0, got {self.blend_map_weight}")
+        if self.blend_map_weight > 0 and not self.sbi.enabled:
+            raise ValueError("blend_map_weight > 0 maps self-blends: it needs sbi.enabled")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
 

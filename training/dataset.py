@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -28,6 +29,7 @@ from handler.forensics import (
     model_input_from_bytes,
     model_input_from_rgb,
 )
+from training.blend_map import blend_map_target
 
 CLASS_NAMES = ("real", "fake")
 SPLIT_NAMES = ("train", "val", "test")
@@ -419,6 +421,9 @@ class FaceImageDataset(Dataset):
             without touching the samples.
         pseudo_fakes: makes the self-blended fake of a decoded real image for samples marked `pseudo_fake`
             (training.pseudo_fakes.PseudoFakeMaker); applied before `augment`, as a real fake arrives.
+        blend_maps: a training.blend_map target ("boundary" or "region"): items become (tensor, label, map), the map
+            float32 [H, W] at the model input's size, where the self-blend was pasted (zeros for other images). Needs
+            a PseudoFakeMaker (its `with_mask`) and, when augmenting, an RgbAugmenter (its `with_map`).
 
     """
 
@@ -429,6 +434,7 @@ class FaceImageDataset(Dataset):
         augment: Callable[[np.ndarray], np.ndarray] | None = None,
         labels: Sequence[int] | None = None,
         pseudo_fakes: Callable[[np.ndarray, Sample], np.ndarray] | None = None,
+        blend_maps: str | None = None,
     ) -> None:
         if labels is not None and len(labels) != len(samples):
             raise ValueError(f"got {len(labels)} labels for {len(samples)} samples; give one label per sample")
@@ -439,14 +445,19 @@ class FaceImageDataset(Dataset):
         self.augment = augment
         self.labels = None if labels is None else [int(label) for label in labels]
         self.pseudo_fakes = pseudo_fakes
+        if blend_maps is not None:
+            blend_map_target(np.zeros((1, 1), dtype=np.float32), blend_maps)  # an unknown target fails here, not later
+        self.blend_maps = blend_maps
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]:
         sample = self.samples[index]
         label = sample.label if self.labels is None else self.labels[index]
         data = sample.path.read_bytes()
+        if self.blend_maps is not None:
+            return self._with_blend_map(sample, label, data)
         if self.augment is None and not sample.pseudo_fake:
             return model_input_from_bytes(data, self.preprocess), label
         # Pseudo-fakes blend inside the face, so they need every pixel; augmented whole images decode as served.
@@ -457,7 +468,27 @@ class FaceImageDataset(Dataset):
             rgb = self.pseudo_fakes(rgb, sample)
         if self.augment is not None:
             rgb = self.augment(rgb)
+        return self._model_input(rgb), label
+
+    def _model_input(self, rgb: Any) -> torch.Tensor:
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise TypeError(f"augment must return a uint8 RGB array [H, W, 3]; got {getattr(rgb, 'shape', type(rgb))}"
                             f" {getattr(rgb, 'dtype', '')}")
-        return model_input_from_rgb(np.ascontiguousarray(rgb), self.preprocess), label
+        return model_input_from_rgb(np.ascontiguousarray(rgb), self.preprocess)
+
+    def _with_blend_map(self, sample: Sample, label: int, data: bytes) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """The item and where its self-blend was pasted, moved through the same augmentation as the image."""
+        assert self.blend_maps is not None
+        rgb = (decode_rgb(data, self.preprocess.max_image_pixels) if sample.pseudo_fake
+               else decode_for_model(data, self.preprocess))
+        blend_map = np.zeros(rgb.shape[:2], dtype=np.float32)
+        if sample.pseudo_fake:
+            assert self.pseudo_fakes is not None  # checked in __init__
+            rgb, mask = self.pseudo_fakes.with_mask(rgb, sample)  # type: ignore[attr-defined]
+            blend_map = blend_map_target(mask, self.blend_maps)
+        if self.augment is not None:
+            rgb, blend_map = self.augment.with_map(rgb, blend_map)  # type: ignore[attr-defined]
+        height, width = self.preprocess.input_size
+        if blend_map.shape != (height, width):
+            blend_map = cv2.resize(blend_map, (width, height), interpolation=cv2.INTER_AREA)
+        return self._model_input(rgb), label, torch.from_numpy(np.ascontiguousarray(blend_map, dtype=np.float32))

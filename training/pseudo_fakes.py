@@ -26,7 +26,14 @@ import torch
 from handler.faces import FaceBox, FaceConfig, detect_faces
 from training.dataset import CLASS_NAMES, Sample, relative_key
 from training.landmarks import face_landmarks
-from training.sbi import SbiConfig, image_rng, inner_face_box, needs_landmarks, plausible_landmarks, self_blend
+from training.sbi import (
+    SbiConfig,
+    image_rng,
+    inner_face_box,
+    needs_landmarks,
+    plausible_landmarks,
+    self_blend_with_mask,
+)
 from training.splits import DatasetSplit
 
 FAKE_LABEL = CLASS_NAMES.index("fake")
@@ -131,13 +138,21 @@ class PseudoFakeMaker:
         training.evaluate calls this with the box its --faces plan gives, so its pseudo-fakes are made
         by the very code (landmarks, generator, blend) that made the run's validation and test fakes.
         """
+        return self.blend_with_mask(rgb, box, sample)[0]
+
+    def blend_with_mask(self, rgb: np.ndarray, box: FaceBox, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`blend` and the mask it pasted through (float32 [H, W]), the target of training.blend_map."""
         points = self.landmarks.landmarks(self.key(sample), rgb, box, self.config) \
             if needs_landmarks(self.config) else None
-        return self_blend(rgb, box, self.config, self.rng(rgb), points)
+        return self_blend_with_mask(rgb, box, self.config, self.rng(rgb), points)
 
     def __call__(self, rgb: np.ndarray, sample: Sample) -> np.ndarray:
         """The self-blend of `rgb`, the decoded image of the real `sample`, on its face (:meth:`face_box`)."""
         return self.blend(rgb, self.face_box(rgb), sample)
+
+    def with_mask(self, rgb: np.ndarray, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`__call__` and its blend mask."""
+        return self.blend_with_mask(rgb, self.face_box(rgb), sample)
 
 
 def twin(sample: Sample) -> Sample:

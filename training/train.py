@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from handler.forensics import PreprocessConfig
 from training.augment import build_augmenter
+from training.blend_map import DetectorWithBlendMap, blend_map_loss
 from training.config import AMP_MODES, TrainConfig, dotted_override, load_config, merge_settings, save_config
 from training.dataset import CLASS_NAMES, FaceImageDataset, ScannedDataset, scan_dataset
 from training.distributed import (
@@ -104,6 +105,7 @@ class TrainingLoop:
     faults: FaultPlan
     skipper: StepSkipper
     grad_clip_norm: float
+    blend_map_weight: float = 0.0
     scaler: torch.amp.GradScaler = field(init=False)
 
     def __post_init__(self) -> None:
@@ -117,13 +119,16 @@ def train_one_epoch(loop: TrainingLoop, description: str) -> dict[str, float]:
     started = time.perf_counter()
     # disable=None: a progress bar on a terminal, silence in CI logs.
     progress = tqdm(loop.loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=None)
-    for inputs, targets in progress:
+    for inputs, targets, *blend_maps in progress:
         inputs = inputs.to(loop.device, memory_format=loop.memory_format, non_blocking=True)
         targets = targets.to(loop.device, non_blocking=True)
         inputs = noisy_inputs(inputs, loop.faults)
         with loop.precision.autocast(loop.device):
-            logits = loop.model(inputs)
+            outputs = loop.model(inputs)
+        logits = outputs[0] if blend_maps else outputs
         loss = loop.loss_fn(logits.float(), loss_targets(targets, loop.faults))
+        if blend_maps:  # DetectorWithBlendMap and a dataset with blend_maps (training.blend_map)
+            loss = loss + loop.blend_map_weight * blend_map_loss(outputs[1], blend_maps[0].to(loop.device))
         loop.optimizer.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()
         skipped = loop.skipper.skip()
@@ -233,8 +238,9 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
                   + (f"; FAULTS INJECTED: {', '.join(faults.specs)} {fault_effects}" if faults.active else ""))
 
     augment = build_augmenter(config.augment, preprocess.input_size)
+    mapping = config.blend_map_weight > 0
     train_set = FaceImageDataset(split.train, preprocess, augment=augment, labels=train_labels,
-                                 pseudo_fakes=train_fakes)
+                                 pseudo_fakes=train_fakes, blend_maps=config.blend_map_target if mapping else None)
     sampler = (DistributedSampler(train_set, context.world_size, context.rank, shuffle=True, seed=config.seed,
                                   drop_last=True) if context.enabled else None)
     train_loader = DataLoader(
@@ -246,13 +252,15 @@ def _train(config: TrainConfig, faults: FaultPlan, context: DistributedContext,
                             batch_size=config.batch_size * 2,
                             num_workers=config.num_workers)
 
-    trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if context.enabled else model
+    # The map head trains beside the classifier; `model` (what is validated, checkpointed, exported) stays the detector.
+    optimised = DetectorWithBlendMap(model).to(device, memory_format=memory_format) if mapping else model
+    trained = DistributedDataParallel(optimised, device_ids=[device.index] if device.type == "cuda" else None) \
+        if context.enabled else optimised
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(config.class_weights, dtype=torch.float32, device=device))
     optimizer = build_optimizer(trained, config)
     scheduler = build_scheduler(optimizer, config, len(train_loader))
     loop = TrainingLoop(trained, train_loader, loss_fn, optimizer, scheduler, precision, device, memory_format,
-                        faults, StepSkipper(faults, config.seed), config.grad_clip_norm)
+                        faults, StepSkipper(faults, config.seed), config.grad_clip_norm, config.blend_map_weight)
 
     history: list[dict[str, Any]] = []
     selection = EarlyStopping(config.early_stopping_patience)

@@ -407,3 +407,31 @@ def test_the_new_ops_draw_random_numbers_only_when_turned_on(config, draws):
     torch.manual_seed(0)
     torch.rand(draws, dtype=torch.float64)
     assert torch.rand(1).item() == after
+
+
+def test_a_blend_map_moves_with_the_image_through_crop_flip_and_rotation():
+    # A grey image whose every channel is the map: only geometry runs, so the moved map is the moved image.
+    config = replace(ALL_OFF, horizontal_flip_probability=0.5, rotation_degrees=20, rotation_probability=1.0,
+                     crop_scale=(0.6, 1.0), crop_ratio=(0.8, 1.2))
+    grey = noisy_gradient(90, 120)[:, :, 0]
+    image = np.repeat(grey[:, :, None], 3, axis=2)
+    augmenter = build_augmenter(config, (64, 64))
+    for seed in range(5):
+        torch.manual_seed(seed)
+        moved, blend_map = augmenter.with_map(image, grey.astype(np.float32) / 255.0)
+        assert blend_map.shape == (64, 64) and blend_map.dtype == np.float32
+        assert np.abs(blend_map * 255.0 - moved[:, :, 0]).max() <= 1.0
+
+
+def test_with_a_map_the_image_and_the_random_stream_are_those_of_a_plain_call():
+    config = replace(AugmentConfig(), colour_cast_probability=0.5, colour_cast=0.2, resample_probability=0.5)
+    rgb = noisy_gradient(80, 80)
+    augmenter = build_augmenter(config, (48, 48))
+    torch.manual_seed(3)
+    plain, after_plain = augmenter(rgb), torch.rand(1)
+    torch.manual_seed(3)
+    (mapped, blend_map), after_mapped = augmenter.with_map(rgb, np.zeros((80, 80), np.float32)), torch.rand(1)
+    assert np.array_equal(plain, mapped) and torch.equal(after_plain, after_mapped)
+    assert not blend_map.any()
+    with pytest.raises(ValueError, match="does not match the image"):
+        augmenter.with_map(rgb, np.zeros((40, 80), np.float32))

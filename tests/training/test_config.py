@@ -66,3 +66,13 @@ def test_config_train_yaml_lists_exactly_the_code_defaults():
 def test_committed_recipes_are_valid(recipe):
     config = load_config(recipe, {"dataset": "d", "output_dir": "o"})
     assert config != TrainConfig(dataset=Path("d"), output_dir=Path("o"))  # a recipe that changes nothing is noise
+
+
+def test_a_blend_map_needs_self_blends_and_a_known_target(tmp_path):
+    with pytest.raises(ValueError, match="needs sbi.enabled"):
+        load_config(None, {"dataset": tmp_path, "output_dir": tmp_path, "blend_map_weight": 1.0})
+    with pytest.raises(ValueError, match=r"blend_map_target must be one of \['boundary', 'region'\]"):
+        load_config(None, {"dataset": tmp_path, "output_dir": tmp_path, "blend_map_target": "seams"})
+    config = load_config(None, {"dataset": tmp_path, "output_dir": tmp_path, "blend_map_weight": "0.5",
+                                "sbi": {"enabled": True}})
+    assert config.blend_map_weight == 0.5 and config.blend_map_target == "boundary"

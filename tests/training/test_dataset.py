@@ -7,6 +7,7 @@ import torch
 
 from handler.forensics import PreprocessConfig, decode_rgb, model_input_from_bytes, model_input_from_rgb
 from tests.training.dataset_helpers import SPLITS, images, write_csv
+from training.augment import AugmentConfig
 from training.dataset import LAYOUTS, DatasetError, FaceImageDataset, scan_dataset
 from training.splits import split_dataset
 
@@ -255,3 +256,27 @@ def test_label_override_relabels_without_touching_samples(tiny_dataset):
     with pytest.raises(ValueError, match="3 labels for 4 samples"):
         FaceImageDataset(samples, config, labels=[0, 1, 0])
 
+
+
+def test_blend_maps_mark_where_a_self_blend_was_pasted_and_nothing_on_other_images(tiny_dataset):
+    from training.augment import build_augmenter
+    from training.pseudo_fakes import PseudoFakeMaker, twin
+    from training.sbi import SbiConfig
+
+    config = PreprocessConfig(input_size=(64, 64))
+    real = scan_dataset(tiny_dataset).samples[0]
+    maker = PseudoFakeMaker(SbiConfig(enabled=True), crop_margin=0.3, fixed_seed=0)
+    plain = FaceImageDataset([twin(real)], config, pseudo_fakes=maker)[0][0]
+    for augment in (None, build_augmenter(AugmentConfig(), (64, 64))):
+        dataset = FaceImageDataset([real, twin(real)], config, augment=augment, pseudo_fakes=maker,
+                                   blend_maps="region")
+        (_, real_label, real_map), (fake_tensor, fake_label, fake_map) = dataset[0], dataset[1]
+        if augment is None:  # the map is extra: it changes nothing in the image
+            assert torch.equal(fake_tensor, plain)
+        assert (real_label, fake_label) == (0, 1)
+        assert real_map.shape == fake_map.shape == (64, 64) and not real_map.any()
+        assert fake_map.max() > 0.9 and fake_map.min() == 0.0  # pasted inside, untouched at the border
+        corners = torch.stack([fake_map[:6, :6], fake_map[:6, -6:], fake_map[-6:, :6], fake_map[-6:, -6:]])
+        assert fake_map[24:40, 24:40].mean() > 0.5 and corners.max() < 0.05
+    with pytest.raises(ValueError, match="blend_map_target must be one of"):
+        FaceImageDataset([real], config, pseudo_fakes=maker, blend_maps="seams")

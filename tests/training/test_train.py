@@ -220,3 +220,24 @@ def test_every_set_of_one_section_survives(tmp_path):
                          "--set", "early_stopping_patience=9"])
     assert (config.augment.colour_cast_probability, config.augment.colour_cast, config.augment.hue) == (0.8, 0.3, 0.08)
     assert config.sbi.mask == "landmarks" and config.sbi.hue_shift == 0.0 and config.early_stopping_patience == 9
+
+
+@pytest.mark.slow  # a real training run (under a minute on 2 cores)
+def test_a_blend_map_trains_beside_the_classifier_and_the_export_is_the_classifier_alone(real_face_crops, tmp_path):
+    from training.sbi import SbiConfig
+
+    config = TrainConfig(dataset=real_face_crops, output_dir=tmp_path / "run", input_size=64, epochs=2,
+                         batch_size=8, val_fraction=0.25, test_fraction=0.25, device="cpu",
+                         sbi=SbiConfig(enabled=True), blend_map_weight=1.0, blend_map_target="boundary")
+    result = train(config)
+    report = json.loads(result.report_path.read_text())
+    assert report["config"]["blend_map_weight"] == 1.0 and len(report["history"]) == 2
+    assert all(entry["train_loss"] > 0 for entry in report["history"])
+    # The checkpoint and the export hold the detector alone: the same keys as a plain detector, no map head.
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert set(checkpoint) == set(create_detector("resnet18").state_dict())
+    from handler.torchscript import load_torchscript
+
+    exported = load_torchscript(result.export.model_path, torch.device("cpu"))
+    with torch.no_grad():
+        assert exported(torch.randn(3, 4, 64, 64)).shape == (3, 2)
