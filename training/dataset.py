@@ -29,7 +29,7 @@ from handler.forensics import (
     model_input_from_bytes,
     model_input_from_rgb,
 )
-from training.blend_map import blend_map_target
+from training.blend_map import BLEND_MAP_TARGETS, blend_map_target
 
 CLASS_NAMES = ("real", "fake")
 SPLIT_NAMES = ("train", "val", "test")
@@ -445,8 +445,8 @@ class FaceImageDataset(Dataset):
         self.augment = augment
         self.labels = None if labels is None else [int(label) for label in labels]
         self.pseudo_fakes = pseudo_fakes
-        if blend_maps is not None:
-            blend_map_target(np.zeros((1, 1), dtype=np.float32), blend_maps)  # an unknown target fails here, not later
+        if blend_maps is not None and blend_maps not in BLEND_MAP_TARGETS:  # fails here, not in a DataLoader worker
+            raise ValueError(f"blend_map_target must be one of {list(BLEND_MAP_TARGETS)}, got {blend_maps!r}")
         self.blend_maps = blend_maps
 
     def __len__(self) -> int:
